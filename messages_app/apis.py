@@ -1,0 +1,222 @@
+"""Thin DRF views: validate with an input serializer, call one service, render the output."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from messages_app import selectors, services
+from messages_app.errors import InvalidInput
+from messages_app.models import Character, Conversation
+from messages_app.serializers import (
+    CharacterSerializer,
+    ConversationSerializer,
+    ConversationUpdateSerializer,
+    FeedbackSerializer,
+    MessageSendSerializer,
+    MessageSerializer,
+    SendResultSerializer,
+    WsTicketSerializer,
+)
+from messages_app.tickets import ticket_issue
+
+
+class ByNamePagination(CursorPagination):
+    ordering = ("name", "id")
+
+
+class ByActivityPagination(CursorPagination):
+    ordering = ("-last_activity_at", "-id")
+
+
+class CharacterViewSet(viewsets.ModelViewSet[Character]):
+    """Public characters and the caller's own. Only the owner may change or delete one."""
+
+    serializer_class = CharacterSerializer
+    pagination_class = ByNamePagination
+
+    def get_queryset(self) -> QuerySet[Character]:
+        return selectors.characters_visible_to(self.request.user)
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.save(owner=self.request.user)
+
+    def _check_owner(self, character: Character) -> None:
+        user = self.request.user
+        if character.owner_id != user.pk and not user.is_staff:
+            raise PermissionDenied("Only the owner can change this character.")
+
+    def perform_update(self, serializer: Any) -> None:
+        self._check_owner(serializer.instance)
+        serializer.save()
+
+    def perform_destroy(self, instance: Character) -> None:
+        self._check_owner(instance)
+        if instance.conversations.exists():
+            instance.is_public = False
+            instance.save(update_fields=["is_public"])
+            return
+        instance.delete()
+
+
+class ConversationViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet[Conversation],
+):
+    """The caller's conversations, newest activity first. Another user's answer 404."""
+
+    serializer_class = ConversationSerializer
+    pagination_class = ByActivityPagination
+
+    def get_queryset(self) -> QuerySet[Conversation]:
+        return selectors.conversations_of(self.request.user)
+
+    def create(self, request: Request) -> Response:
+        serializer = ConversationSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        character = selectors.character_get_visible(
+            user=request.user, character_id=serializer.validated_data["character_id"]
+        )
+        conversation = services.conversation_create(
+            owner=request.user,
+            character=character,
+            title=serializer.validated_data.get("title", ""),
+        )
+        return Response(ConversationSerializer(conversation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ConversationUpdateSerializer, responses=ConversationSerializer)
+    def partial_update(self, request: Request, pk: str) -> Response:
+        conversation = self.get_object()
+        serializer = ConversationUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        if "title" in serializer.validated_data:
+            conversation.title = serializer.validated_data["title"]
+            conversation.save(update_fields=["title"])
+        return Response(ConversationSerializer(conversation).data)
+
+
+def _encode_cursor(message_id: int) -> str:
+    return base64.urlsafe_b64encode(f"b:{message_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        kind, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        if kind != "b":
+            raise ValueError
+        return int(value)
+    except ValueError as exc:
+        raise InvalidInput("The cursor is not valid.", code="bad_cursor") from exc
+
+
+class ConversationMessagesApi(APIView):
+    """GET the active branch a page at a time; POST a message (202, generation queued)."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cursor", OpenApiTypes.STR, description="From `next`: older page."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="1..200, default 50."),
+        ],
+        responses=inline_serializer(
+            "MessagePage",
+            {
+                "results": MessageSerializer(many=True),
+                "next": serializers.CharField(allow_null=True),
+                "previous": serializers.CharField(allow_null=True),
+            },
+        ),
+    )
+    def get(self, request: Request, conversation_id: int) -> Response:
+        conversation = selectors.conversation_get(
+            user=request.user, conversation_id=conversation_id
+        )
+        try:
+            limit = int(request.query_params.get("limit", 50))
+        except ValueError as exc:
+            raise InvalidInput("limit must be an integer.", code="bad_limit") from exc
+        if not 1 <= limit <= 200:
+            raise InvalidInput("limit must be between 1 and 200.", code="bad_limit")
+        cursor = request.query_params.get("cursor")
+        before = _decode_cursor(cursor) if cursor else None
+        messages, older = selectors.branch_page(
+            conversation=conversation, before_id=before, limit=limit
+        )
+        next_url = None
+        if older is not None:
+            next_url = request.build_absolute_uri(
+                f"{request.path}?limit={limit}&cursor={_encode_cursor(older)}"
+            )
+        return Response(
+            {
+                "results": MessageSerializer(messages, many=True).data,
+                "next": next_url,
+                "previous": None,
+            }
+        )
+
+    @extend_schema(
+        request=MessageSendSerializer,
+        responses={202: SendResultSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
+    )
+    def post(self, request: Request, conversation_id: int) -> Response:
+        conversation = selectors.conversation_get(
+            user=request.user, conversation_id=conversation_id
+        )
+        serializer = MessageSendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        client_id = request.headers.get("Idempotency-Key") or data.get("client_id") or ""
+        result = services.message_send(
+            conversation=conversation,
+            author=request.user,
+            content=data["content"],
+            client_id=client_id,
+            parent_id=data.get("parent_id"),
+        )
+        body = {
+            "user_message": MessageSerializer(result.user_message).data,
+            "assistant_message": MessageSerializer(result.assistant_message).data,
+            "generation_id": result.generation.pk,
+        }
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class MessageFeedbackApi(APIView):
+    @extend_schema(request=FeedbackSerializer, responses={201: FeedbackSerializer})
+    def post(self, request: Request, message_id: int) -> Response:
+        message = selectors.message_get(user=request.user, message_id=message_id)
+        serializer = FeedbackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        feedback = services.feedback_give(
+            message=message,
+            user=request.user,
+            rating=serializer.validated_data["rating"],
+            comment=serializer.validated_data.get("comment", ""),
+        )
+        return Response(FeedbackSerializer(feedback).data, status=status.HTTP_201_CREATED)
+
+
+class WsTicketApi(APIView):
+    """A single-use ticket for `wss://…/ws/conversations/{id}/?ticket=…`, valid about 30 s."""
+
+    @extend_schema(request=None, responses={201: WsTicketSerializer})
+    def post(self, request: Request) -> Response:
+        ticket = ticket_issue(user_id=request.user.pk)
+        return Response(
+            {"ticket": ticket, "expires_in": settings.WS_TICKET_TTL_SECONDS},
+            status=status.HTTP_201_CREATED,
+        )

@@ -1,0 +1,165 @@
+"""Input and output serializers of the REST and websocket APIs (shapes from API.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from messages_app.models import Character, Conversation, Feedback, Message
+
+
+class UsageSerializer(serializers.Serializer[Any]):
+    prompt_tokens = serializers.IntegerField(allow_null=True)
+    completion_tokens = serializers.IntegerField(allow_null=True)
+
+
+class TimingsSerializer(serializers.Serializer[Any]):
+    queued_ms = serializers.IntegerField(allow_null=True)
+    ttft_ms = serializers.IntegerField(allow_null=True)
+    total_ms = serializers.IntegerField(allow_null=True)
+
+
+class SafetySerializer(serializers.Serializer[Any]):
+    flagged = serializers.BooleanField()
+    categories = serializers.ListField(child=serializers.CharField())
+
+
+class MessageSerializer(serializers.ModelSerializer[Message]):
+    conversation_id = serializers.IntegerField(read_only=True)
+    parent_id = serializers.IntegerField(read_only=True, allow_null=True)
+    usage = serializers.SerializerMethodField()
+    timings = serializers.SerializerMethodField()
+    safety = serializers.SerializerMethodField()
+    generation_id = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "conversation_id",
+            "parent_id",
+            "role",
+            "content",
+            "status",
+            "created_at",
+            "model",
+            "finish_reason",
+            "usage",
+            "timings",
+            "safety",
+            "generation_id",
+            "client_id",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(UsageSerializer)
+    def get_usage(self, obj: Message) -> dict[str, int | None]:
+        return {"prompt_tokens": obj.prompt_tokens, "completion_tokens": obj.completion_tokens}
+
+    @extend_schema_field(TimingsSerializer)
+    def get_timings(self, obj: Message) -> dict[str, int | None]:
+        return {"queued_ms": obj.queued_ms, "ttft_ms": obj.ttft_ms, "total_ms": obj.total_ms}
+
+    @extend_schema_field(SafetySerializer)
+    def get_safety(self, obj: Message) -> dict[str, Any]:
+        return {"flagged": obj.safety_flagged, "categories": list(obj.safety_categories)}
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_generation_id(self, obj: Message) -> int | None:
+        if obj.role != Message.Role.ASSISTANT:
+            return None
+        generation = getattr(obj, "generation", None)
+        return generation.pk if generation is not None else None
+
+
+def message_data(message: Message) -> dict[str, Any]:
+    """The message as clients see it, for websocket events."""
+    data: dict[str, Any] = MessageSerializer(message).data
+    data["created_at"] = message.created_at.isoformat()
+    return dict(data)
+
+
+class MessageSendSerializer(serializers.Serializer[Any]):
+    # Length is checked by the service so that oversized content answers 413, not 400.
+    content = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    client_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    parent_id = serializers.IntegerField(required=False, allow_null=True)
+
+
+class SendResultSerializer(serializers.Serializer[Any]):
+    user_message = MessageSerializer()
+    assistant_message = MessageSerializer()
+    generation_id = serializers.IntegerField()
+
+
+class CharacterSerializer(serializers.ModelSerializer[Character]):
+    owner = serializers.CharField(source="owner.username", read_only=True, default=None)
+
+    class Meta:
+        model = Character
+        fields = [
+            "id",
+            "name",
+            "description",
+            "persona",
+            "greeting",
+            "example_dialogue",
+            "system_prompt",
+            "provider",
+            "model",
+            "temperature",
+            "max_tokens",
+            "is_public",
+            "owner",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "owner", "created_at", "updated_at"]
+        extra_kwargs = {
+            "temperature": {"min_value": 0.0, "max_value": 2.0},
+            "max_tokens": {"min_value": 1},
+        }
+
+    def validate_max_tokens(self, value: int | None) -> int | None:
+        if value is not None and value > settings.MAX_TOKENS_PER_REQUEST:
+            raise serializers.ValidationError(
+                f"At most MAX_TOKENS_PER_REQUEST ({settings.MAX_TOKENS_PER_REQUEST})."
+            )
+        return value
+
+
+class ConversationSerializer(serializers.ModelSerializer[Conversation]):
+    character_id = serializers.IntegerField()
+    active_leaf_id = serializers.IntegerField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "character_id", "title", "active_leaf_id", "created_at", "last_activity_at"]
+        read_only_fields = ["id", "active_leaf_id", "created_at", "last_activity_at"]
+
+
+class ConversationUpdateSerializer(serializers.Serializer[Any]):
+    title = serializers.CharField(max_length=200, allow_blank=True, required=False)
+
+
+class FeedbackSerializer(serializers.ModelSerializer[Feedback]):
+    message_id = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Feedback
+        fields = ["id", "message_id", "rating", "comment", "created_at", "updated_at"]
+        read_only_fields = ["id", "message_id", "created_at", "updated_at"]
+        extra_kwargs = {"comment": {"required": False, "max_length": 2000}}
+
+    def validate_rating(self, value: int) -> int:
+        if value not in (1, -1):
+            raise serializers.ValidationError("Rating is 1 or -1.")
+        return value
+
+
+class WsTicketSerializer(serializers.Serializer[Any]):
+    ticket = serializers.CharField()
+    expires_in = serializers.IntegerField()

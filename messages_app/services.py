@@ -1,0 +1,181 @@
+"""Writes on conversations and messages. Each service checks, then changes, then announces on commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from llm_app.models import Generation
+from llm_app.services import generation_create, generation_enqueue
+from messages_app.errors import InvalidInput, NotFound, TooLarge, Unavailable
+from messages_app.events import send_event
+from messages_app.models import Character, Conversation, Feedback, Message
+from messages_app.serializers import message_data
+
+
+@dataclass(frozen=True)
+class SendResult:
+    user_message: Message
+    assistant_message: Message
+    generation: Generation
+    created: bool
+
+
+def check_message_content(content: Any) -> str:
+    """Content a user may send: a non-blank string of at most MAX_MESSAGE_CHARS characters."""
+    if not isinstance(content, str) or not content.strip():
+        raise InvalidInput("Message content must not be empty.", code="empty_content")
+    if len(content) > settings.MAX_MESSAGE_CHARS:
+        raise TooLarge(
+            f"Message content is longer than {settings.MAX_MESSAGE_CHARS} characters.",
+            details={"max_chars": settings.MAX_MESSAGE_CHARS, "chars": len(content)},
+        )
+    return content
+
+
+def check_client_id(client_id: Any) -> str:
+    if client_id is None:
+        return ""
+    if not isinstance(client_id, str) or len(client_id) > 64:
+        raise InvalidInput("client_id must be a string of at most 64 characters.")
+    return client_id
+
+
+def conversation_create(*, owner: Any, character: Character, title: str = "") -> Conversation:
+    """A new conversation whose first message is the character's greeting (when it has one)."""
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            owner=owner, character=character, title=title or character.name
+        )
+        if character.greeting.strip():
+            greeting = Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                content=character.greeting,
+                status=Message.Status.COMPLETED,
+                finish_reason="greeting",
+            )
+            conversation.active_leaf = greeting
+            conversation.save(update_fields=["active_leaf"])
+    return conversation
+
+
+def _existing_send(conversation: Conversation, client_id: str) -> SendResult | None:
+    user_message = Message.objects.filter(
+        conversation=conversation, client_id=client_id, role=Message.Role.USER
+    ).first()
+    if user_message is None:
+        return None
+    assistant = (
+        Message.objects.select_related("generation")
+        .filter(parent=user_message, role=Message.Role.ASSISTANT)
+        .order_by("id")
+        .first()
+    )
+    assert assistant is not None, "a user message is always saved with its reply"
+    return SendResult(user_message, assistant, assistant.generation, created=False)
+
+
+def message_send(
+    *,
+    conversation: Conversation,
+    author: Any,
+    content: Any,
+    client_id: Any = "",
+    parent_id: int | None = None,
+) -> SendResult:
+    """Store a user message and its queued reply, enqueue the generation, announce both.
+
+    Idempotent on `client_id`: a repeat returns the first result and creates nothing. If the
+    queue cannot take the job, both messages are removed again and `Unavailable` is raised,
+    so no message ever exists without a job behind it.
+    """
+    content = check_message_content(content)
+    client_id = check_client_id(client_id)
+    if client_id and (existing := _existing_send(conversation, client_id)):
+        return existing
+
+    if parent_id is not None:
+        parent = Message.objects.filter(pk=parent_id, conversation=conversation).first()
+        if parent is None:
+            raise NotFound("No such parent message in this conversation.")
+        if parent.role == Message.Role.USER:
+            raise InvalidInput("A message cannot answer a user message.", code="bad_parent")
+    else:
+        parent = conversation.active_leaf
+
+    depth = parent.depth + 1 if parent is not None else 0
+    try:
+        with transaction.atomic():
+            user_message = Message.objects.create(
+                conversation=conversation,
+                parent=parent,
+                depth=depth,
+                role=Message.Role.USER,
+                author=author,
+                content=content,
+                client_id=client_id,
+            )
+            assistant = Message.objects.create(
+                conversation=conversation,
+                parent=user_message,
+                depth=depth + 1,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.QUEUED,
+            )
+            generation = generation_create(message=assistant, character=conversation.character)
+            assistant.model = generation.model
+            assistant.save(update_fields=["model"])
+            Conversation.objects.filter(pk=conversation.pk).update(
+                active_leaf=assistant, last_activity_at=timezone.now()
+            )
+            transaction.on_commit(
+                lambda: _enqueue_and_announce(conversation, user_message, assistant, generation)
+            )
+    except IntegrityError:
+        # A concurrent request with the same client_id won the race; answer with its result.
+        if client_id and (existing := _existing_send(conversation, client_id)):
+            return existing
+        raise
+    conversation.active_leaf = assistant
+    return SendResult(user_message, assistant, generation, created=True)
+
+
+def _enqueue_and_announce(
+    conversation: Conversation, user_message: Message, assistant: Message, generation: Generation
+) -> None:
+    try:
+        generation_enqueue(generation)
+    except Exception as exc:
+        with transaction.atomic():
+            Conversation.objects.filter(pk=conversation.pk).update(
+                active_leaf_id=user_message.parent_id
+            )
+            user_message.delete()  # cascades to the reply and its generation
+        raise Unavailable(
+            "The generation queue is unavailable; the message was not saved. Try again.",
+            code="queue_unavailable",
+        ) from exc
+    for message in (user_message, assistant):
+        send_event(
+            conversation.pk,
+            {
+                "type": "message.created",
+                "message": message_data(message),
+                "client_id": user_message.client_id,
+            },
+        )
+
+
+def feedback_give(*, message: Message, user: Any, rating: int, comment: str = "") -> Feedback:
+    """Rate an assistant reply; a second rating by the same user replaces the first."""
+    if message.role != Message.Role.ASSISTANT:
+        raise InvalidInput("Only assistant replies can be rated.", code="not_a_reply")
+    feedback, _ = Feedback.objects.update_or_create(
+        message=message, user=user, defaults={"rating": rating, "comment": comment}
+    )
+    return feedback

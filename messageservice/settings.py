@@ -1,0 +1,244 @@
+"""Settings for Message Service, read from the environment (django-environ) with the seed's names.
+
+Every variable is listed and explained in `.env.example`. Defaults give the embedded run:
+SQLite, a local Redis on 6379 and an OpenAI-compatible LLM server on 8005.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import django_stubs_ext
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+# Lets generic classes such as ModelAdmin[Character] be subscripted at run time.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+INSECURE_DEFAULT_KEY = "insecure-dev-key-change-me-0123456789abcdef0123456789"
+
+# --- Service -------------------------------------------------------------------------------
+SERVICE_NAME: str = env.str("SERVICE_NAME", default="message-service")
+PORT: int = env.int("PORT", default=8004)
+LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO").upper()
+ENVIRONMENT: str = env.str("ENVIRONMENT", default="development")
+DEBUG: bool = env.bool("DEBUG", default=ENVIRONMENT == "development")
+ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+SECRET_KEY: str = env.str("DJANGO_SECRET_KEY", default=INSECURE_DEFAULT_KEY)
+JWT_SECRET_KEY: str = env.str("JWT_SECRET_KEY", default=INSECURE_DEFAULT_KEY)
+
+if env.str("MONGODB_URL", default=""):
+    raise ImproperlyConfigured(
+        "MONGODB_URL is set, but Message Service does not use MongoDB. "
+        "Set DATABASE_URL instead (postgres://user:pass@host:5432/db in production; "
+        "SQLite is the default for local runs) and unset MONGODB_URL."
+    )
+
+if ENVIRONMENT == "production":
+    for _name, _value in (("DJANGO_SECRET_KEY", SECRET_KEY), ("JWT_SECRET_KEY", JWT_SECRET_KEY)):
+        if _value == INSECURE_DEFAULT_KEY or len(_value) < 32:
+            raise ImproperlyConfigured(
+                f"{_name} must be set to a secret of at least 32 characters when "
+                "ENVIRONMENT=production; the built-in development default is refused."
+            )
+    if DEBUG:
+        raise ImproperlyConfigured("DEBUG must be false when ENVIRONMENT=production.")
+
+# --- Data stores ---------------------------------------------------------------------------
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while a worker writes partial replies.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL: str = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHE_TTL_SECONDS: int = env.int("CACHE_TTL_SECONDS", default=300)
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "TIMEOUT": CACHE_TTL_SECONDS,
+        "KEY_PREFIX": SERVICE_NAME,
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SERVICE_NAME}:ch", "capacity": 1000},
+    }
+}
+
+# --- LLM -----------------------------------------------------------------------------------
+LLM_SERVICE_URL: str = env.str("LLM_SERVICE_URL", default="http://127.0.0.1:8005/v1")
+DEFAULT_LLM_PROVIDER: str = env.str("DEFAULT_LLM_PROVIDER", default="lmstudio")
+DEFAULT_MODEL: str = env.str("DEFAULT_MODEL", default="SmolLM2-135M-Instruct")
+LLM_API_KEY: str = env.str("LLM_API_KEY", default="not-needed")
+OPENAI_API_KEY: str = env.str("OPENAI_API_KEY", default="")
+ANTHROPIC_API_KEY: str = env.str("ANTHROPIC_API_KEY", default="")
+MAX_TOKENS_PER_REQUEST: int = env.int("MAX_TOKENS_PER_REQUEST", default=2048)
+DEFAULT_TEMPERATURE: float = env.float("DEFAULT_TEMPERATURE", default=0.7)
+LLM_CONTEXT_TOKENS: int = env.int("LLM_CONTEXT_TOKENS", default=8192)
+REQUEST_TIMEOUT_SECONDS: float = env.float("REQUEST_TIMEOUT_SECONDS", default=30.0)
+MESSAGE_PROCESSING_TIMEOUT: float = env.float("MESSAGE_PROCESSING_TIMEOUT", default=60.0)
+MAX_CONCURRENT_LLM_REQUESTS: int = env.int("MAX_CONCURRENT_LLM_REQUESTS", default=10)
+MAX_CONCURRENT_REQUESTS: int = env.int("MAX_CONCURRENT_REQUESTS", default=5)
+# How often partial reply text is written to the database while a reply streams.
+PARTIAL_SAVE_INTERVAL_SECONDS: float = env.float("PARTIAL_SAVE_INTERVAL_SECONDS", default=1.0)
+PARTIAL_SAVE_EVERY_TOKENS: int = env.int("PARTIAL_SAVE_EVERY_TOKENS", default=32)
+
+# --- Messages ------------------------------------------------------------------------------
+MAX_MESSAGE_CHARS: int = env.int("MAX_MESSAGE_CHARS", default=8000)
+MAX_MESSAGES_PER_MINUTE: int = env.int("MAX_MESSAGES_PER_MINUTE", default=1000)
+MAX_MESSAGES_PER_HOUR: int = env.int("MAX_MESSAGES_PER_HOUR", default=10000)
+MAX_MESSAGES_PER_DAY: int = env.int("MAX_MESSAGES_PER_DAY", default=100000)
+ENABLE_CONTENT_FILTERING: bool = env.bool("ENABLE_CONTENT_FILTERING", default=True)
+SAFETY_THRESHOLD: float = env.float("SAFETY_THRESHOLD", default=0.7)
+BATCH_SIZE_FOR_ANALYTICS: int = env.int("BATCH_SIZE_FOR_ANALYTICS", default=100)
+WS_TICKET_TTL_SECONDS: int = env.int("WS_TICKET_TTL_SECONDS", default=30)
+
+# --- Django --------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "django_rq",
+    "messages_app",
+    "llm_app",
+    "analytics_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "messageservice.urls"
+ASGI_APPLICATION = "messageservice.asgi.application"
+WSGI_APPLICATION = "messageservice.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+
+# --- REST framework ------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "messages_app.auth.ServiceJWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "messages_app.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SIMPLE_JWT = {
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": JWT_SECRET_KEY,
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=60)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=7)),
+    # `sub` carries the username, the same claim the external auth service signs.
+    "USER_ID_FIELD": "username",
+    "USER_ID_CLAIM": "sub",
+    "AUTH_HEADER_TYPES": ("Bearer",),
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Message Service API",
+    "DESCRIPTION": "AI character chat: characters, conversations, messages and generations.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Queues --------------------------------------------------------------------------------
+RQ_QUEUES = {
+    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": int(MESSAGE_PROCESSING_TIMEOUT) + 60}
+    for name in ("llm", "messages", "analytics", "default")
+}
+
+# --- Logging -------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "rq.worker": {"level": LOG_LEVEL},
+    },
+}

@@ -1,0 +1,21 @@
+"""Top-level routes: the chat page, the API, its schema and docs, admin, health."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from messages_app.pages import chat_page
+from messageservice import health
+
+urlpatterns = [
+    path("", chat_page, name="chat"),
+    path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("api/v1/", include("messages_app.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api-auth/", include("rest_framework.urls")),
+    path("django-rq/", include("django_rq.urls")),
+    path("health", health.health, name="health"),
+    path("ready", health.ready, name="ready"),
+]

