@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
-import django_rq
 import pytest
 import redis
-from channels.testing import WebsocketCommunicator
+from channels.layers import channel_layers
 from django.conf import settings
 from rest_framework.test import APIClient
-from rq import SimpleWorker
-from rq.job import Job
 
 from messages_app.models import Character, Conversation
 from messages_app.services import conversation_create
-from messageservice.asgi import application
 from tests.factories import CharacterFactory, UserFactory
-from tests.fake_llm import FakeLLMServer, Script
-
-ORIGIN = (b"origin", b"http://localhost")
-
+from tests.fake_llm import FakeLLMServer
+from tests.helpers import session_headers
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> Iterator[None]:
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.flushdb()
+    # Each async test has its own event loop; a channel layer remembers the loop it received
+    # on, so every test gets a fresh one, as every daphne process has.
+    channel_layers.backends.clear()
     yield
     client.close()
 
@@ -75,47 +71,6 @@ def api(user: Any) -> APIClient:
     return client
 
 
-class ThreadWorker(SimpleWorker):
-    """A SimpleWorker that can run off the main thread (signal handlers need the main one)."""
-
-    def _install_signal_handlers(self) -> None:
-        pass
-
-
-def run_llm_worker() -> bool:
-    """Run every queued `llm` job with a real RQ worker in burst mode, in this process."""
-    worker = django_rq.get_worker("llm", worker_class=ThreadWorker)
-    return bool(worker.work(burst=True, with_scheduler=False))
-
-
-def llm_queue_jobs() -> list[Job]:
-    return list(django_rq.get_queue("llm").get_jobs())
-
-
-def ws_communicator(conversation_id: int | str, user: Any | None, **kwargs: Any) -> Any:
-    """A websocket client of the real ASGI app, logged in as `user` through a real session."""
-    headers = [ORIGIN]
-    if user is not None:
-        from django.test import Client
-
-        client = Client()
-        client.force_login(user)
-        cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
-        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
-    headers.extend(kwargs.pop("extra_headers", []))
-    path = kwargs.pop("path", f"/ws/conversations/{conversation_id}/")
-    return WebsocketCommunicator(application, path, headers=headers)
-
-
-async def receive_until(communicator: Any, event_type: str, timeout: float = 10) -> list[dict]:
-    """Frames received up to and including the first of `event_type`."""
-    frames = []
-    while True:
-        frame = await communicator.receive_json_from(timeout=timeout)
-        json.dumps(frame)
-        frames.append(frame)
-        if frame["type"] == event_type:
-            return frames
-
-
-__all__ = ["Script", "run_llm_worker", "ws_communicator", "receive_until", "llm_queue_jobs"]
+@pytest.fixture
+def alice_headers(user: Any) -> list[tuple[bytes, bytes]]:
+    return session_headers(user)

@@ -45,7 +45,7 @@ class OpenAICompatibleProvider:
                     text = choice.delta.content if choice.delta else None
                     if text or choice.finish_reason:
                         yield StreamChunk(text=text or "", finish_reason=choice.finish_reason)
-        except openai.APITimeoutError as exc:
+        except (openai.APITimeoutError, httpx.TimeoutException) as exc:
             raise ProviderError("llm_timeout", "The LLM did not answer in time.") from exc
         except openai.APIConnectionError as exc:
             raise ProviderError(

@@ -1,7 +1,8 @@
 import pytest
 from django.conf import settings
 
-from tests.conftest import Script, run_llm_worker
+from tests.fake_llm import Script
+from tests.helpers import run_llm_worker
 
 
 @pytest.mark.django_db(transaction=True)

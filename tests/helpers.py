@@ -1,0 +1,76 @@
+"""Helpers shared by tests: a real RQ burst worker, websocket clients, frame collection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import django_rq
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+from rq import SimpleWorker
+from rq.job import Job
+from rq.timeouts import TimerDeathPenalty
+
+from messageservice.asgi import application
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+class ThreadWorker(SimpleWorker):
+    """RQ's SimpleWorker, able to run off the main thread (signal handlers need the main one)."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+def run_llm_worker() -> bool:
+    """Run every queued `llm` job with a real RQ worker in burst mode, in this process."""
+    worker = django_rq.get_worker("llm", worker_class=ThreadWorker)
+    return bool(worker.work(burst=True, with_scheduler=False))
+
+
+async def arun_llm_worker() -> bool:
+    """The burst worker in a thread, so that this loop keeps serving the websocket meanwhile."""
+    return await asyncio.to_thread(run_llm_worker)
+
+
+def llm_jobs() -> list[Job]:
+    return list(django_rq.get_queue("llm").get_jobs())
+
+
+def session_headers(user: Any) -> list[tuple[bytes, bytes]]:
+    """Origin and session-cookie headers of a logged-in browser. Call from sync code."""
+    client = Client()
+    client.force_login(user)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return [ORIGIN, (b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode())]
+
+
+def communicator(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    return WebsocketCommunicator(application, path, headers=headers or [ORIGIN])
+
+
+async def receive_until(comm: Any, *types: str, timeout: float = 15) -> list[dict[str, Any]]:
+    """Frames received up to and including the first whose type is one of `types`."""
+    frames = []
+    while True:
+        frame = await comm.receive_json_from(timeout=timeout)
+        json.dumps(frame)
+        frames.append(frame)
+        if frame["type"] in types:
+            return frames
+
+
+def deltas_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f for f in frames if f["type"] == "generation.delta"]
+
+
+async def send_message(comm: Any, content: str, client_id: str = "") -> list[dict[str, Any]]:
+    """Send `message.send` and wait for both `message.created` frames: the job is queued then."""
+    await comm.send_json_to({"type": "message.send", "content": content, "client_id": client_id})
+    return [await comm.receive_json_from(timeout=10) for _ in range(2)]
