@@ -2,5 +2,5 @@ from django.apps import AppConfig
 
 
 class AnalyticsAppConfig(AppConfig):
-    default_auto_field = 'django.db.models.BigAutoField'
-    name = 'analytics_app'
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "analytics_app"

@@ -241,8 +241,13 @@ def generation_fail_stale(generation_id: int, *, code: str, text: str) -> None:
     generation = _load(generation_id)
     if generation is None or generation.message.is_terminal:
         return
-    saved = _finish(generation, _Progress(parts=[generation.message.content]), Message.Status.FAILED,
-                    error_code=code, error_message=text)
+    saved = _finish(
+        generation,
+        _Progress(parts=[generation.message.content]),
+        Message.Status.FAILED,
+        error_code=code,
+        error_message=text,
+    )
     from asgiref.sync import async_to_sync
 
     async_to_sync(_announce_end)(generation, saved, code, text)

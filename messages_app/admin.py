@@ -17,8 +17,16 @@ class CharacterAdmin(admin.ModelAdmin[Character]):
 
 class MessageInline(admin.TabularInline[Message, Conversation]):
     model = Message
-    fields = ["id", "parent", "role", "status", "content", "model", "finish_reason", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "id",
+        "parent",
+        "role",
+        "status",
+        "content",
+        "model",
+        "finish_reason",
+        "created_at",
+    )
     extra = 0
     can_delete = False
     show_change_link = True

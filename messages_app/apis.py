@@ -215,7 +215,7 @@ class WsTicketApi(APIView):
 
     @extend_schema(request=None, responses={201: WsTicketSerializer})
     def post(self, request: Request) -> Response:
-        ticket = ticket_issue(user_id=request.user.pk)
+        ticket = ticket_issue(user_id=request.user.pk or 0)
         return Response(
             {"ticket": ticket, "expires_in": settings.WS_TICKET_TTL_SECONDS},
             status=status.HTTP_201_CREATED,

@@ -1,4 +1,4 @@
-"""JWT authentication shared with the external auth service: HS256 with JWT_SECRET_KEY, `sub` = user."""
+"""JWT auth shared with the external auth service: HS256 with JWT_SECRET_KEY, `sub` = user."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ User = get_user_model()
 
 
 def user_for_subject(subject: str) -> AbstractBaseUser:
-    """The user named by a token's `sub`, created on first sight (the auth service owns identities)."""
+    """The user a token's `sub` names, created on first sight (the auth service owns identities)."""
     user, _ = User.objects.get_or_create(username=subject[:150])
     return user
 

@@ -1,4 +1,4 @@
-"""The conversation websocket: authenticate, join the conversation's group, hand frames to services."""
+"""The conversation websocket: authenticate, join the group, hand each frame to a service."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if not self.group:
             return
         if text_data is None or len(text_data) > MAX_FRAME_BYTES:
-            await self._error("bad_frame", f"Send JSON text frames of at most {MAX_FRAME_BYTES} bytes.")
+            await self._error(
+                "bad_frame", f"Send JSON text frames of at most {MAX_FRAME_BYTES} bytes."
+            )
             return
         try:
             frame = json.loads(text_data)

@@ -15,7 +15,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 class ServiceError(Exception):
     """A failure a client can act on. `code` is stable; `message` is for people."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     code = "invalid"
 
     def __init__(
@@ -32,27 +32,27 @@ class ServiceError(Exception):
 
 
 class InvalidInput(ServiceError):
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     code = "invalid"
 
 
 class TooLarge(ServiceError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    status_code: int = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     code = "too_large"
 
 
 class NotFound(ServiceError):
-    status_code = status.HTTP_404_NOT_FOUND
+    status_code: int = status.HTTP_404_NOT_FOUND
     code = "not_found"
 
 
 class Conflict(ServiceError):
-    status_code = status.HTTP_409_CONFLICT
+    status_code: int = status.HTTP_409_CONFLICT
     code = "conflict"
 
 
 class Unavailable(ServiceError):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    status_code: int = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "unavailable"
 
 

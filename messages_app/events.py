@@ -36,7 +36,7 @@ async def asend_event(conversation_id: int, event: dict[str, Any]) -> None:
 
 
 def send_event(conversation_id: int, event: dict[str, Any]) -> None:
-    """Send now, from sync code. A channel-layer failure is logged, never raised: the data is saved."""
+    """Send now, from sync code. A channel-layer failure is logged, not raised: data is saved."""
     try:
         async_to_sync(asend_event)(conversation_id, event)
     except Exception:

@@ -19,7 +19,7 @@ def _active_user(user_id: int) -> Any:
 
 
 class TicketAuthMiddleware(BaseMiddleware):
-    """Runs inside AuthMiddlewareStack: a ticket, when present, decides the user (bad -> anonymous)."""
+    """Inside AuthMiddlewareStack: a ticket, when present, decides the user (bad -> anonymous)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         query = parse_qs(scope.get("query_string", b"").decode())

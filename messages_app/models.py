@@ -50,9 +50,7 @@ class Conversation(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
-    character = models.ForeignKey(
-        Character, on_delete=models.PROTECT, related_name="conversations"
-    )
+    character = models.ForeignKey(Character, on_delete=models.PROTECT, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
     # The leaf of the branch the user is looking at; history and prompts follow it.
     active_leaf = models.ForeignKey(

@@ -1,4 +1,4 @@
-"""Writes on conversations and messages. Each service checks, then changes, then announces on commit."""
+"""Writes on conversations and messages: check, then change, then announce on commit."""
 
 from __future__ import annotations
 

@@ -71,8 +71,12 @@ def start_redis(port: int, *, data_dir: str | None = None) -> subprocess.Popen[b
 
 
 def llm_answers(base_url: str, timeout: float = 1.0) -> bool:
+    if not base_url.startswith(("http://", "https://")):
+        return False
     try:
-        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=timeout) as resp:
+        with urllib.request.urlopen(  # noqa: S310  (scheme checked above)
+            base_url.rstrip("/") + "/models", timeout=timeout
+        ) as resp:
             return bool(resp.status == 200)
     except OSError:
         return False

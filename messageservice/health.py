@@ -43,7 +43,11 @@ def _run(checks: dict[str, Any]) -> JsonResponse:
         except Exception as exc:
             healthy = False
             results[name] = f"error: {exc.__class__.__name__}: {exc}"[:300]
-    body = {"status": "ok" if healthy else "error", "service": settings.SERVICE_NAME, "checks": results}
+    body = {
+        "status": "ok" if healthy else "error",
+        "service": settings.SERVICE_NAME,
+        "checks": results,
+    }
     return JsonResponse(body, status=200 if healthy else 503)
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 import redis
+from asgiref.sync import SyncToAsync
 from channels.layers import channel_layers
 from django.conf import settings
+from django.db import connections
 from rest_framework.test import APIClient
 
 from messages_app.models import Character, Conversation
@@ -16,6 +18,7 @@ from messages_app.services import conversation_create
 from tests.factories import CharacterFactory, UserFactory
 from tests.fake_llm import FakeLLMServer
 from tests.helpers import session_headers
+
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> Iterator[None]:
@@ -26,6 +29,9 @@ def _clean_redis() -> Iterator[None]:
     channel_layers.backends.clear()
     yield
     client.close()
+    # Async tests ran ORM calls on asgiref's shared executor thread; close its connection so
+    # the test database can be dropped at the end.
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +61,7 @@ def other_user(db: None) -> Any:
 
 
 @pytest.fixture
-def character(db: None) -> Character:
+def character(db: None) -> Any:
     return CharacterFactory(name="Captain Test", greeting="Ahoy! I am Captain Test.")
 
 

@@ -94,7 +94,10 @@ async def test_repeated_client_id_over_websocket_creates_one_message_and_one_job
     [
         (Script.from_text("never sent", fault="http_500"), "llm_error"),
         (Script.from_text("one two three four", fault="stall", stall_after=2), "llm_timeout"),
-        (Script.from_text("one two three four", fault="malformed", fault_after=2), "llm_bad_stream"),
+        (
+            Script.from_text("one two three four", fault="malformed", fault_after=2),
+            "llm_bad_stream",
+        ),
         (Script.from_text("one two three four", fault="cut", fault_after=2), "llm_bad_stream"),
     ],
     ids=["http-500", "stall", "malformed-sse", "cut-mid-stream"],

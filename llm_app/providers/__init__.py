@@ -7,7 +7,7 @@ from django.conf import settings
 from llm_app.providers.base import ChatRequest, Provider, ProviderError, StreamChunk
 from llm_app.providers.openai_compatible import OpenAICompatibleProvider
 
-__all__ = ["ChatRequest", "Provider", "ProviderError", "StreamChunk", "get_provider", "PROVIDERS"]
+__all__ = ["PROVIDERS", "ChatRequest", "Provider", "ProviderError", "StreamChunk", "get_provider"]
 
 # lmstudio is the seed's name for the same wire protocol.
 PROVIDERS = ("lmstudio", "openai_compatible", "openai")

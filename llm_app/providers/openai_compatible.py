@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import httpx
 import openai
@@ -29,7 +30,7 @@ class OpenAICompatibleProvider:
         try:
             stream = await self._client.chat.completions.create(
                 model=request.model,
-                messages=request.messages,  # type: ignore[arg-type]
+                messages=cast(Any, request.messages),
                 temperature=request.temperature,
                 max_tokens=request.max_tokens,
                 stream=True,
@@ -52,7 +53,9 @@ class OpenAICompatibleProvider:
                 "llm_unavailable", "The LLM server cannot be reached.", retryable=True
             ) from exc
         except openai.RateLimitError as exc:
-            raise ProviderError("llm_rate_limited", "The LLM is rate limited.", retryable=True) from exc
+            raise ProviderError(
+                "llm_rate_limited", "The LLM is rate limited.", retryable=True
+            ) from exc
         except openai.APIStatusError as exc:
             raise ProviderError(
                 "llm_error",
@@ -61,4 +64,6 @@ class OpenAICompatibleProvider:
             ) from exc
         except (httpx.HTTPError, ValueError, openai.APIError) as exc:
             # A malformed SSE line or a connection cut mid-body ends up here.
-            raise ProviderError("llm_bad_stream", "The LLM stream broke off or was malformed.") from exc
+            raise ProviderError(
+                "llm_bad_stream", "The LLM stream broke off or was malformed."
+            ) from exc
