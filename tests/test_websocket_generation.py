@@ -156,3 +156,25 @@ async def test_reply_longer_than_processing_timeout_fails_with_timeout(
     reply = await Message.objects.aget(pk=frames[-1]["message_id"])
     assert reply.status == "failed"
     assert 0 < len(deltas_of(frames)) < 50
+
+
+async def test_a_job_that_dies_outside_the_loop_still_ends_failed_and_is_announced(
+    conversation, alice_headers
+):
+    from llm_app.jobs import on_generation_job_failure
+
+    comm = communicator(f"/ws/conversations/{conversation.pk}/", alice_headers)
+    await comm.connect()
+    created = await send_message(comm, "Will the worker survive?")
+    [job] = await sync_to_async(llm_jobs)()
+    # What RQ calls when the job raised outside run_generation or hit its job timeout.
+    error = RuntimeError("work horse died")
+    await sync_to_async(on_generation_job_failure)(job, None, RuntimeError, error, None)
+    frames = await receive_until(comm, "generation.failed")
+    await comm.disconnect()
+    assert frames[-1]["error"]["code"] == "worker_error"
+    reply = await Message.objects.aget(pk=created[1]["message"]["id"])
+    assert reply.status == "failed"
+    # Running the job afterwards changes nothing: a finished reply is left alone.
+    await arun_llm_worker()
+    assert (await Message.objects.aget(pk=reply.pk)).status == "failed"
