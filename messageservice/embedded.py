@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -61,11 +62,18 @@ def start_redis(port: int, *, data_dir: str | None = None) -> subprocess.Popen[b
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not redis_answers(url, timeout=0.2):
+    return _running_once(proc, lambda: redis_answers(url, timeout=0.2), 10, "redis-server")
+
+
+def _running_once(
+    proc: subprocess.Popen[bytes], answers: Callable[[], bool], timeout: float, what: str
+) -> subprocess.Popen[bytes]:
+    """`proc` once `answers()` says it serves; killed, and an error raised, if it never does."""
+    deadline = time.monotonic() + timeout
+    while not answers():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"embedded redis-server did not start on port {port}")
+            raise RuntimeError(f"{what} did not start (pid {proc.pid})")
         time.sleep(0.05)
     return proc
 
@@ -121,13 +129,7 @@ def start_llama_server(
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
     base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while not llm_answers(base_url, timeout=0.5):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"llama-server did not start on port {port}")
-        time.sleep(0.2)
-    return proc
+    return _running_once(proc, lambda: llm_answers(base_url, timeout=0.5), 120, "llama-server")
 
 
 def wait_for_stop_signal() -> None:
