@@ -9,20 +9,35 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import connections
 
+from llm_app.cancel import close_cancel_watcher
 from llm_app.generation import generation_fail_stale, run_generation
+from llm_app.models import Generation
+from llm_app.providers import close_providers
 
 logger = logging.getLogger(__name__)
 
 
 def generate_reply(generation_id: int) -> None:
-    """Stream the reply of one generation to its conversation."""
-    asyncio.run(_generate_and_close(generation_id))
+    """Stream the reply of one generation to its conversation.
+
+    In the concurrent llm worker the coroutine runs on the worker's shared event loop; in a
+    plain RQ work horse it gets a loop of its own.
+    """
+    from llm_app.worker import shared_loop
+
+    loop = shared_loop()
+    if loop is not None:
+        asyncio.run_coroutine_threadsafe(run_generation(generation_id), loop).result()
+    else:
+        asyncio.run(_generate_and_close(generation_id))
 
 
 async def _generate_and_close(generation_id: int) -> None:
     try:
         await run_generation(generation_id)
     finally:
+        await close_providers()
+        await close_cancel_watcher()
         # The ORM ran in asgiref's shared executor thread; don't leave its connection open.
         await sync_to_async(connections.close_all)()
 
@@ -31,6 +46,9 @@ def on_generation_job_failure(job: Any, connection: Any, *exc_info: Any) -> None
     """RQ failure callback: a job that died outside its loop (timeout, crash) ends `failed`."""
     generation_id = int(job.args[0])
     logger.error("generation job %s failed: %s", job.id, exc_info[1] if len(exc_info) > 1 else "")
+    current = Generation.objects.filter(pk=generation_id).values_list("job_id", flat=True).first()
+    if current != job.id:
+        return  # an earlier attempt's job; the generation has moved on
     generation_fail_stale(
         generation_id, code="worker_error", text="The worker running this reply failed."
     )

@@ -8,6 +8,7 @@ from rq import Callback
 
 from llm_app.models import Generation
 from messages_app.models import Character, Message
+from messageservice.redis_clients import sync_redis
 
 
 def generation_create(*, message: Message, character: Character) -> Generation:
@@ -29,12 +30,13 @@ def generation_create(*, message: Message, character: Character) -> Generation:
 
 
 def generation_job_id(generation: Generation) -> str:
-    return f"generation-{generation.pk}"
+    """A job id per enqueue, so a dead attempt's job can never settle a later attempt."""
+    return f"generation-{generation.pk}-{generation.attempt + 1}"
 
 
 def generation_enqueue(generation: Generation) -> None:
     """Put the generation on queue `llm`. Call after commit: the job must find the rows."""
-    queue = django_rq.get_queue("llm")
+    queue = django_rq.get_queue("llm", connection=sync_redis())
     job_id = generation_job_id(generation)
     queue.enqueue(
         "llm_app.jobs.generate_reply",
@@ -46,3 +48,4 @@ def generation_enqueue(generation: Generation) -> None:
         on_failure=Callback("llm_app.jobs.on_generation_job_failure"),
     )
     Generation.objects.filter(pk=generation.pk).update(job_id=job_id)
+    generation.job_id = job_id

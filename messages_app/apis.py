@@ -20,12 +20,15 @@ from messages_app import selectors, services
 from messages_app.errors import InvalidInput
 from messages_app.models import Character, Conversation
 from messages_app.serializers import (
+    CancelResultSerializer,
     CharacterSerializer,
     ConversationSerializer,
     ConversationUpdateSerializer,
     FeedbackSerializer,
+    MessageEditSerializer,
     MessageSendSerializer,
     MessageSerializer,
+    RegenerateResultSerializer,
     SendResultSerializer,
     WsTicketSerializer,
 )
@@ -105,6 +108,10 @@ class ConversationViewSet(
         if "title" in serializer.validated_data:
             conversation.title = serializer.validated_data["title"]
             conversation.save(update_fields=["title"])
+        if "active_leaf_id" in serializer.validated_data:
+            services.conversation_switch_branch(
+                conversation=conversation, message_id=serializer.validated_data["active_leaf_id"]
+            )
         return Response(ConversationSerializer(conversation).data)
 
 
@@ -159,9 +166,12 @@ class ConversationMessagesApi(APIView):
             next_url = request.build_absolute_uri(
                 f"{request.path}?limit={limit}&cursor={_encode_cursor(older)}"
             )
+        siblings = selectors.siblings_of(messages)
         return Response(
             {
-                "results": MessageSerializer(messages, many=True).data,
+                "results": MessageSerializer(
+                    messages, many=True, context={"siblings": siblings}
+                ).data,
                 "next": next_url,
                 "previous": None,
             }
@@ -187,12 +197,62 @@ class ConversationMessagesApi(APIView):
             client_id=client_id,
             parent_id=data.get("parent_id"),
         )
-        body = {
-            "user_message": MessageSerializer(result.user_message).data,
-            "assistant_message": MessageSerializer(result.assistant_message).data,
-            "generation_id": result.generation.pk,
-        }
-        return Response(body, status=status.HTTP_202_ACCEPTED)
+        return Response(_send_body(result), status=status.HTTP_202_ACCEPTED)
+
+
+class MessageApi(APIView):
+    """PATCH a user message: its edit starts a new branch (202, a new reply is generated)."""
+
+    @extend_schema(request=MessageEditSerializer, responses={202: SendResultSerializer})
+    def patch(self, request: Request, message_id: int) -> Response:
+        message = selectors.message_get(user=request.user, message_id=message_id)
+        serializer = MessageEditSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = services.message_edit(
+            message=message, author=request.user, content=serializer.validated_data["content"]
+        )
+        return Response(_send_body(result), status=status.HTTP_202_ACCEPTED)
+
+
+class MessageRegenerateApi(APIView):
+    """POST on an assistant reply: a new alternative reply (a sibling) is generated."""
+
+    @extend_schema(request=None, responses={202: RegenerateResultSerializer})
+    def post(self, request: Request, message_id: int) -> Response:
+        message = selectors.message_get(user=request.user, message_id=message_id)
+        assistant, generation = services.message_regenerate(message=message)
+        return Response(
+            {
+                "assistant_message": MessageSerializer(assistant).data,
+                "generation_id": generation.pk,
+            },
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+class GenerationCancelApi(APIView):
+    """Stop a generation; the text so far stays and the status becomes `cancelled`.
+
+    202: the reply is cancelled (queued) or its worker was told (streaming; every client then
+    gets `generation.cancelled`). 409: it already ended.
+    """
+
+    @extend_schema(request=None, responses={202: CancelResultSerializer})
+    def post(self, request: Request, generation_id: int) -> Response:
+        generation = selectors.generation_get(user=request.user, generation_id=generation_id)
+        message = services.generation_cancel(generation=generation)
+        return Response(
+            {"generation_id": generation.pk, "message": MessageSerializer(message).data},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+def _send_body(result: services.SendResult) -> dict[str, Any]:
+    return {
+        "user_message": MessageSerializer(result.user_message).data,
+        "assistant_message": MessageSerializer(result.assistant_message).data,
+        "generation_id": result.generation.pk,
+    }
 
 
 class MessageFeedbackApi(APIView):

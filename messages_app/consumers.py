@@ -1,4 +1,11 @@
-"""The conversation websocket: authenticate, join the group, hand each frame to a service."""
+"""The conversation websocket: authenticate, join the group, hand each frame to a service.
+
+Delivery of deltas is exact per connection: the consumer remembers the last `seq` it sent for
+each generation, drops repeats, fills a gap from the token log, and forwards live deltas only
+for generations it follows. It follows a generation that starts while it is connected, or one
+the client asks for with `stream.resume`; so a client that reconnects mid-stream gets the
+missing deltas first and then the live ones: no gap, no duplicate, no reordering.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from llm_app.token_log import log_last_seq, log_read_after
 from messages_app import selectors, services
-from messages_app.errors import NotFound, ServiceError
+from messages_app.errors import InvalidInput, NotFound, ServiceError
 from messages_app.events import conversation_group
 from messages_app.models import Conversation
 from messages_app.serializers import message_data
@@ -21,6 +29,14 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 MAX_FRAME_BYTES = 64 * 1024
+_TERMINAL = {"generation.completed", "generation.failed", "generation.cancelled"}
+
+
+def _positive_int(frame: dict[str, Any], key: str, *, default: int | None = None) -> int:
+    value = frame.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"`{key}` must be a non-negative integer.", code="bad_frame")
+    return value
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):
@@ -28,6 +44,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     group: str = ""
 
     async def connect(self) -> None:
+        self.sent: dict[int, int] = {}  # generation id -> last seq this client was sent
+        self.ended: set[int] = set()  # generations whose terminal event this client got
         user = self.scope.get("user")
         await self.accept()
         if user is None or not user.is_authenticated:
@@ -100,19 +118,107 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                     }
                 )
 
+    async def _generation_cancel(self, frame: dict[str, Any]) -> None:
+        generation_id = _positive_int(frame, "generation_id")
+        generation = await database_sync_to_async(selectors.generation_get)(
+            user=self.scope["user"], generation_id=generation_id
+        )
+        await database_sync_to_async(services.generation_cancel)(generation=generation)
+
+    async def _stream_resume(self, frame: dict[str, Any]) -> None:
+        """Replay the deltas after `after_seq`, then follow the generation live."""
+        generation_id = _positive_int(frame, "generation_id")
+        after_seq = _positive_int(frame, "after_seq", default=0)
+        generation = await database_sync_to_async(selectors.generation_get)(
+            user=self.scope["user"], generation_id=generation_id
+        )
+        if generation.message.conversation_id != self.conversation.pk:
+            raise NotFound("No such generation in this conversation.")
+        last = await log_last_seq(generation_id)
+        # Beyond the end: nothing to replay, and the live deltas that follow still arrive.
+        self.sent[generation_id] = min(after_seq, last if last is not None else after_seq)
+        self.ended.discard(generation_id)
+        await self._fill(generation_id, upto=None)
+        message = await database_sync_to_async(selectors.message_fresh)(generation.message_id)
+        if message.is_terminal:
+            await self._fill(generation_id, upto=message.stream_seq)
+            await self._send_end(generation_id, message)
+
     async def _ping(self, frame: dict[str, Any]) -> None:
         await self.send_json({"type": "pong"})
 
-    _handlers = {"message.send": _message_send, "ping": _ping}
+    _handlers = {
+        "message.send": _message_send,
+        "generation.cancel": _generation_cancel,
+        "stream.resume": _stream_resume,
+        "ping": _ping,
+    }
 
-    # --- group events: each is already the frame to send ----------------------------------
+    async def _fill(self, generation_id: int, upto: int | None) -> None:
+        """Send the logged deltas after what this client has, up to `upto` (None: all)."""
+        sent = self.sent.get(generation_id, 0)
+        if upto is not None and upto <= sent:
+            return
+        entries = await log_read_after(generation_id, sent, upto)
+        for seq, text in entries or []:
+            await self.send_json(
+                {
+                    "type": "generation.delta",
+                    "generation_id": generation_id,
+                    "seq": seq,
+                    "text": text,
+                }
+            )
+            self.sent[generation_id] = seq
+
+    async def _send_end(self, generation_id: int, message: Any) -> None:
+        from llm_app.generation import end_event
+
+        if generation_id in self.ended:
+            return
+        self.ended.add(generation_id)
+        await self.send_json(await database_sync_to_async(end_event)(generation_id, message))
+
+    # --- group events ---------------------------------------------------------------------
     async def forward(self, event: dict[str, Any]) -> None:
         await self.send_json(event)
 
-    message_created = forward
-    generation_started = forward
-    generation_delta = forward
-    generation_completed = forward
-    generation_failed = forward
-    generation_cancelled = forward
+    async def message_created(self, event: dict[str, Any]) -> None:
+        generation_id = event["message"].get("generation_id")
+        if generation_id is not None:
+            self.sent.setdefault(generation_id, 0)
+        await self.send_json(event)
+
+    async def generation_started(self, event: dict[str, Any]) -> None:
+        # A new attempt starts from seq 1 again.
+        self.sent[event["generation_id"]] = 0
+        self.ended.discard(event["generation_id"])
+        await self.send_json(event)
+
+    async def generation_delta(self, event: dict[str, Any]) -> None:
+        generation_id, seq = event["generation_id"], event["seq"]
+        sent = self.sent.get(generation_id)
+        if sent is None or seq <= sent:
+            return  # not followed (the client resumes it), or already sent
+        if seq > sent + 1:
+            await self._fill(generation_id, upto=seq - 1)
+        await self.send_json(event)
+        self.sent[generation_id] = seq
+
+    async def _generation_end(self, event: dict[str, Any]) -> None:
+        generation_id = event["generation_id"]
+        if generation_id in self.ended:
+            return
+        final_seq = (event.get("message") or {}).get("seq")
+        if generation_id in self.sent and final_seq:
+            await self._fill(generation_id, upto=final_seq)
+        self.ended.add(generation_id)
+        await self.send_json(event)
+
+    generation_completed = _generation_end
+    generation_failed = _generation_end
+    generation_cancelled = _generation_end
+    generation_heartbeat = forward
+    generation_retrying = forward
     safety_flagged = forward
+    rate_limited = forward

@@ -119,6 +119,8 @@ class Message(models.Model):
     queued_ms = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     total_ms = models.PositiveIntegerField(null=True, blank=True)
+    # The reply's content is exactly the deltas 1..stream_seq of its generation's token log.
+    stream_seq = models.PositiveIntegerField(default=0)
     safety_flagged = models.BooleanField(default=False)
     safety_categories = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -7,6 +7,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Q, QuerySet
 
+from llm_app.models import Generation
 from messages_app.errors import NotFound
 from messages_app.models import Character, Conversation, Message
 
@@ -18,6 +19,16 @@ WITH RECURSIVE branch(id, parent_id, n) AS (
     WHERE b.n < %s
 )
 SELECT id FROM branch
+"""
+
+
+_LEAF_SQL = """
+WITH RECURSIVE d(id) AS (
+    SELECT id FROM {table} WHERE id = %s AND conversation_id = %s
+    UNION ALL
+    SELECT m.id FROM {table} m JOIN d ON m.parent_id = d.id
+)
+SELECT MAX(id) FROM d
 """
 
 
@@ -101,3 +112,50 @@ def branch_page(
     messages = branch_messages(conversation=conversation, leaf_id=start, limit=limit)
     older = messages[0].parent_id if messages and len(messages) == limit else None
     return messages, messages[0].pk if older is not None else None
+
+
+def generation_get(*, user: Any, generation_id: int) -> Generation:
+    """The user's own generation; another user's is as unknown as a missing one (404)."""
+    generation = (
+        Generation.objects.select_related("message", "message__conversation")
+        .filter(pk=generation_id, message__conversation__owner=user)
+        .first()
+    )
+    if generation is None:
+        raise NotFound("No such generation.")
+    return generation
+
+
+def message_fresh(message_id: int) -> Message:
+    return Message.objects.select_related("generation").get(pk=message_id)
+
+
+def siblings_of(messages: list[Message]) -> dict[int, list[int]]:
+    """For each message, the ids of it and its siblings (same parent), oldest first. One query."""
+    if not messages:
+        return {}
+    conversation_ids = {m.conversation_id for m in messages}
+    parent_ids = {m.parent_id for m in messages if m.parent_id is not None}
+    has_root = any(m.parent_id is None for m in messages)
+    rows = Message.objects.filter(conversation_id__in=conversation_ids)
+    condition = Q(parent_id__in=parent_ids)
+    if has_root:
+        condition |= Q(parent__isnull=True)
+    by_parent: dict[tuple[int, int | None], list[int]] = {}
+    for pk, parent_id, conversation_id in (
+        rows.filter(condition).order_by("id").values_list("id", "parent_id", "conversation_id")
+    ):
+        by_parent.setdefault((conversation_id, parent_id), []).append(pk)
+    return {m.pk: by_parent.get((m.conversation_id, m.parent_id), [m.pk]) for m in messages}
+
+
+def branch_leaf_under(*, conversation: Conversation, message_id: int) -> int:
+    """The newest message under `message_id` (itself included): always a leaf, since a child is
+    always newer than its parent. Switching to a message shows its latest branch."""
+    sql = _LEAF_SQL.format(table=Message._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [message_id, conversation.pk])
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        raise NotFound("No such message in this conversation.")
+    return int(row[0])

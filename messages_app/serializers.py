@@ -27,6 +27,12 @@ class SafetySerializer(serializers.Serializer[Any]):
     categories = serializers.ListField(child=serializers.CharField())
 
 
+class SiblingsSerializer(serializers.Serializer[Any]):
+    ids = serializers.ListField(child=serializers.IntegerField())
+    position = serializers.IntegerField(help_text="1-based position among the siblings")
+    total = serializers.IntegerField()
+
+
 class MessageSerializer(serializers.ModelSerializer[Message]):
     conversation_id = serializers.IntegerField(read_only=True)
     parent_id = serializers.IntegerField(read_only=True, allow_null=True)
@@ -34,6 +40,12 @@ class MessageSerializer(serializers.ModelSerializer[Message]):
     timings = serializers.SerializerMethodField()
     safety = serializers.SerializerMethodField()
     generation_id = serializers.SerializerMethodField()
+    siblings = serializers.SerializerMethodField()
+    seq = serializers.IntegerField(
+        source="stream_seq",
+        read_only=True,
+        help_text="The content is the deltas 1..seq of the generation: resume after this.",
+    )
 
     class Meta:
         model = Message
@@ -52,6 +64,8 @@ class MessageSerializer(serializers.ModelSerializer[Message]):
             "safety",
             "generation_id",
             "client_id",
+            "seq",
+            "siblings",
         ]
         read_only_fields = fields
 
@@ -66,6 +80,17 @@ class MessageSerializer(serializers.ModelSerializer[Message]):
     @extend_schema_field(SafetySerializer)
     def get_safety(self, obj: Message) -> dict[str, Any]:
         return {"flagged": obj.safety_flagged, "categories": list(obj.safety_categories)}
+
+    @extend_schema_field(SiblingsSerializer)
+    def get_siblings(self, obj: Message) -> dict[str, Any]:
+        """This message among its alternatives (same parent): "position of total"."""
+        known = self.context.get("siblings")
+        ids = known.get(obj.pk) if known else None
+        if ids is None:
+            from messages_app.selectors import siblings_of
+
+            ids = siblings_of([obj])[obj.pk]
+        return {"ids": ids, "position": ids.index(obj.pk) + 1, "total": len(ids)}
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_generation_id(self, obj: Message) -> int | None:
@@ -143,6 +168,23 @@ class ConversationSerializer(serializers.ModelSerializer[Conversation]):
 
 class ConversationUpdateSerializer(serializers.Serializer[Any]):
     title = serializers.CharField(max_length=200, allow_blank=True, required=False)
+    active_leaf_id = serializers.IntegerField(
+        required=False, help_text="Switch branch: show the newest branch through this message."
+    )
+
+
+class MessageEditSerializer(serializers.Serializer[Any]):
+    content = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+
+class RegenerateResultSerializer(serializers.Serializer[Any]):
+    assistant_message = MessageSerializer()
+    generation_id = serializers.IntegerField()
+
+
+class CancelResultSerializer(serializers.Serializer[Any]):
+    generation_id = serializers.IntegerField()
+    message = MessageSerializer()
 
 
 class FeedbackSerializer(serializers.ModelSerializer[Feedback]):

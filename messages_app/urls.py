@@ -19,6 +19,17 @@ urlpatterns = [
         apis.ConversationMessagesApi.as_view(),
         name="conversation-messages",
     ),
+    path("messages/<int:message_id>/", apis.MessageApi.as_view(), name="message"),
+    path(
+        "messages/<int:message_id>/regenerate/",
+        apis.MessageRegenerateApi.as_view(),
+        name="message-regenerate",
+    ),
+    path(
+        "generations/<int:generation_id>/cancel/",
+        apis.GenerationCancelApi.as_view(),
+        name="generation-cancel",
+    ),
     path(
         "messages/<int:message_id>/feedback/",
         apis.MessageFeedbackApi.as_view(),

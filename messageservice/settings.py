@@ -88,6 +88,8 @@ DEFAULT_MODEL: str = env.str("DEFAULT_MODEL", default="SmolLM2-135M-Instruct")
 LLM_API_KEY: str = env.str("LLM_API_KEY", default="not-needed")
 OPENAI_API_KEY: str = env.str("OPENAI_API_KEY", default="")
 ANTHROPIC_API_KEY: str = env.str("ANTHROPIC_API_KEY", default="")
+# Anthropic API root; empty means the SDK default (the Anthropic cloud).
+ANTHROPIC_BASE_URL: str = env.str("ANTHROPIC_BASE_URL", default="")
 MAX_TOKENS_PER_REQUEST: int = env.int("MAX_TOKENS_PER_REQUEST", default=2048)
 DEFAULT_TEMPERATURE: float = env.float("DEFAULT_TEMPERATURE", default=0.7)
 LLM_CONTEXT_TOKENS: int = env.int("LLM_CONTEXT_TOKENS", default=8192)
@@ -98,6 +100,18 @@ MAX_CONCURRENT_REQUESTS: int = env.int("MAX_CONCURRENT_REQUESTS", default=5)
 # How often partial reply text is written to the database while a reply streams.
 PARTIAL_SAVE_INTERVAL_SECONDS: float = env.float("PARTIAL_SAVE_INTERVAL_SECONDS", default=1.0)
 PARTIAL_SAVE_EVERY_TOKENS: int = env.int("PARTIAL_SAVE_EVERY_TOKENS", default=32)
+# How long a generation's token log stays in Redis after it ends, for late resumes.
+TOKEN_LOG_TTL_SECONDS: int = max(600, env.int("TOKEN_LOG_TTL_SECONDS", default=900))
+# While waiting for the first token, a heartbeat event every this many seconds keeps proxies
+# with idle timeouts from cutting the socket.
+GENERATION_HEARTBEAT_SECONDS: float = env.float("GENERATION_HEARTBEAT_SECONDS", default=15.0)
+# A running generation renews a lease this long; an expired lease means its worker died.
+GENERATION_LEASE_SECONDS: int = env.int("GENERATION_LEASE_SECONDS", default=30)
+# Retries before the first token (connection error, 429, 5xx), with exponential backoff.
+LLM_RETRY_ATTEMPTS: int = env.int("LLM_RETRY_ATTEMPTS", default=2)
+LLM_RETRY_BACKOFF_SECONDS: float = env.float("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
+# Providers tried in order when the character's provider keeps failing before the first token.
+LLM_FALLBACK_PROVIDERS: list[str] = env.list("LLM_FALLBACK_PROVIDERS", default=[])
 
 # --- Messages ------------------------------------------------------------------------------
 MAX_MESSAGE_CHARS: int = env.int("MAX_MESSAGE_CHARS", default=8000)
@@ -227,6 +241,9 @@ RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": int(MESSAGE_PROCESSING_TIMEOUT) + 60}
     for name in ("llm", "messages", "analytics", "default")
 }
+
+# `python manage.py rqworker llm` runs this class: many generations per process, a global cap.
+RQ = {"WORKER_CLASS": "llm_app.worker.GenerationWorker"}
 
 # --- Logging -------------------------------------------------------------------------------
 LOGGING = {

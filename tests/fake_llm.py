@@ -1,6 +1,9 @@
-"""Fake OpenAI-compatible streaming LLM server, reached over real HTTP by tests and benchmarks.
+"""Fake streaming LLM server, reached over real HTTP by tests and benchmarks.
 
-Scripts control the streamed tokens, their timing and injected faults (HTTP 500/429, stall, ...).
+It speaks OpenAI's chat completions (POST /v1/chat/completions, SDK base_url `server.base_url`)
+and Anthropic's Messages API (POST /v1/messages, SDK base_url `server.url`: the anthropic SDK
+adds /v1 itself). Both answer from one FIFO of scripts, which control the streamed tokens, their
+timing and injected faults (HTTP 500/429, stall, ...).
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import json
 import re
@@ -17,7 +21,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -69,14 +73,15 @@ class Script:
     """What the fake answers to one (or `times`) chat completion requests.
 
     `fault` is one of FAULTS:
-    - "http_500": 500 with an OpenAI error body, before any token.
+    - "http_500": 500 with the API's error body (OpenAI or Anthropic shape), before any token.
     - "http_429": 429 with `Retry-After: 0`.
     - "stall": go silent after `stall_after` tokens (defaults to `fault_after`) until the client
       leaves or `stall_seconds` pass, then drop the connection. With 0 tokens the stall happens
       before the response headers, so clients see a request timeout (openai.APITimeoutError);
       later stalls surface as a read timeout while iterating the stream.
     - "malformed": after `fault_after` tokens emit `data: {not json`, then carry on.
-    - "cut": after `fault_after` tokens close the connection without final chunk or [DONE].
+    - "cut": after `fault_after` tokens close the connection without final chunk or [DONE]
+      (Anthropic: without content_block_stop, message_delta and message_stop).
     Fault positions beyond the streamed tokens apply at the end of the stream.
     """
 
@@ -204,6 +209,28 @@ def _error_response(
     return web.json_response(body, status=status)
 
 
+# What an API answers for the statuses the fake produces: (error type, code) for OpenAI and
+# the error type for Anthropic.
+_OPENAI_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+}
+_ANTHROPIC_ERRORS = {400: "invalid_request_error", 429: "rate_limit_error", 500: "api_error"}
+
+ErrorFactory = Callable[[int, str], web.Response]
+
+
+def _openai_error(status: int, message: str) -> web.Response:
+    error_type, code = _OPENAI_ERRORS.get(status, ("server_error", None))
+    return _error_response(status, message, error_type, code)
+
+
+def _anthropic_error(status: int, message: str) -> web.Response:
+    error = {"type": _ANTHROPIC_ERRORS.get(status, "api_error"), "message": message}
+    return web.json_response({"type": "error", "error": error}, status=status)
+
+
 def _drop_connection(request: web.Request) -> None:
     # close() rather than abort() so that tokens already written still reach the client;
     # aiohttp then fails the final write_eof with a ConnectionError, which it handles quietly.
@@ -232,32 +259,53 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
-async def _chat_completions(request: web.Request) -> web.StreamResponse:
+def _limit_tokens(script: Script, body: Mapping[str, Any]) -> tuple[list[str], bool]:
+    """The script's tokens cut to the request's max_tokens, and whether they were cut."""
+    limit = _max_tokens(body)
+    if limit is not None and len(script.tokens) > limit:
+        return script.tokens[:limit], True
+    return script.tokens, False
+
+
+async def _take_script(
+    request: web.Request, error: ErrorFactory
+) -> tuple[dict[str, Any], Script] | web.Response:
+    """Parse and record the request, take its script; a response when it ends right here."""
     state = request.app[STATE_KEY]
     try:
         body = await request.json()
     except ValueError:
-        return _error_response(400, "request body is not valid JSON", "invalid_request_error")
+        return error(400, "request body is not valid JSON")
     if not isinstance(body, dict):
-        return _error_response(400, "request body must be a JSON object", "invalid_request_error")
+        return error(400, "request body must be a JSON object")
     state.record(body)
     script = state.next_script()
-
     if script.fault == "http_500":
-        return _error_response(500, "The fake server had an error (scripted).", "server_error")
+        return error(500, "The fake server had an error (scripted).")
     if script.fault == "http_429":
-        response = _error_response(
-            429, "Rate limit reached (scripted).", "requests", "rate_limit_exceeded"
-        )
+        response = error(429, "Rate limit reached (scripted).")
         response.headers["Retry-After"] = "0"
         return response
+    return body, script
 
-    tokens = script.tokens
-    finish_reason = "stop"
-    limit = _max_tokens(body)
-    if limit is not None and len(tokens) > limit:
-        tokens = tokens[:limit]
-        finish_reason = "length"
+
+@contextlib.contextmanager
+def _counted(state: FakeLLMState) -> Iterator[None]:
+    state.active += 1
+    try:
+        yield
+    finally:
+        state.active -= 1
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    taken = await _take_script(request, _openai_error)
+    if isinstance(taken, web.StreamResponse):
+        return taken
+    body, script = taken
+    state = request.app[STATE_KEY]
+    tokens, was_cut = _limit_tokens(script, body)
+    finish_reason = "length" if was_cut else "stop"
     requested_model = body.get("model")
     model = requested_model if isinstance(requested_model, str) else state.model
     prompt_tokens = estimate_prompt_tokens(body.get("messages"))
@@ -267,8 +315,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         "total_tokens": prompt_tokens + len(tokens),
     }
 
-    state.active += 1
-    try:
+    with _counted(state):
         if body.get("stream"):
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and bool(
@@ -278,8 +325,6 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
                 request, state, script, tokens, finish_reason, model, usage, include_usage
             )
         return await _complete(request, state, script, tokens, finish_reason, model, usage)
-    finally:
-        state.active -= 1
 
 
 async def _stream(
@@ -292,20 +337,6 @@ async def _stream(
     usage: dict[str, int],
     include_usage: bool,
 ) -> web.StreamResponse:
-    fault = script.fault
-    fault_at = -1
-    if fault in ("cut", "malformed"):
-        fault_at = min(script.fault_after, len(tokens))
-    elif fault == "stall":
-        fault_at = min(script.stall_position, len(tokens))
-        if fault_at == 0:
-            await _stall(request, state, script.stall_seconds)
-            _drop_connection(request)
-            return web.Response()
-
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
     header = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion.chunk",
@@ -322,10 +353,58 @@ async def _stream(
             f"data: {json.dumps({**header, **payload}, separators=_JSON_SEPARATORS)}\n\n".encode()
         )
 
+    role = {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
+    final = {"index": 0, "delta": {}, "finish_reason": finish_reason}
+    closing = [event({"choices": [final]})]
+    if include_usage:
+        closing.append(event({"choices": [], "usage": usage}))
+    closing.append(b"data: [DONE]\n\n")
+    return await _send_events(
+        request,
+        state,
+        script,
+        tokens,
+        opening=[event({"choices": [role]})],
+        token_event=lambda token: (token_prefix + json.dumps(token) + token_suffix).encode(),
+        malformed=b"data: {not json\n\n",
+        closing=closing,
+    )
+
+
+async def _send_events(
+    request: web.Request,
+    state: FakeLLMState,
+    script: Script,
+    tokens: list[str],
+    *,
+    opening: list[bytes],
+    token_event: Callable[[str], bytes],
+    malformed: bytes,
+    closing: list[bytes],
+) -> web.StreamResponse:
+    """Stream an SSE body with the script's timing and faults, whatever the API's event shapes.
+
+    `opening` is sent right after the headers, one `token_event` per token, `malformed` where
+    the script says, and `closing` after the last token of a stream that ends well.
+    """
+    fault = script.fault
+    fault_at = -1
+    if fault in ("cut", "malformed"):
+        fault_at = min(script.fault_after, len(tokens))
+    elif fault == "stall":
+        fault_at = min(script.stall_position, len(tokens))
+        if fault_at == 0:
+            await _stall(request, state, script.stall_seconds)
+            _drop_connection(request)
+            return web.Response()
+
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     try:
         await response.prepare(request)
-        role = {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
-        await response.write(event({"choices": [role]}))
+        for chunk in opening:
+            await response.write(chunk)
         loop = asyncio.get_running_loop()
         # Deadlines from one origin rather than sleep(interval) per token, so the observed
         # inter-token time is the scripted one and not the script plus the fake's overhead.
@@ -339,7 +418,7 @@ async def _stream(
                     await _stall(request, state, script.stall_seconds)
                     _drop_connection(request)
                     return response
-                await response.write(b"data: {not json\n\n")
+                await response.write(malformed)
             if i == len(tokens):
                 break
             if state.closing:
@@ -349,12 +428,9 @@ async def _stream(
             delay = origin + i * script.token_interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await response.write((token_prefix + json.dumps(tokens[i]) + token_suffix).encode())
-        final = {"index": 0, "delta": {}, "finish_reason": finish_reason}
-        await response.write(event({"choices": [final]}))
-        if include_usage:
-            await response.write(event({"choices": [], "usage": usage}))
-        await response.write(b"data: [DONE]\n\n")
+            await response.write(token_event(tokens[i]))
+        for chunk in closing:
+            await response.write(chunk)
         await response.write_eof()
     except ConnectionError:
         # The client went away mid-stream: routine for benchmarks and timeouts, not an error.
@@ -362,15 +438,13 @@ async def _stream(
     return response
 
 
-async def _complete(
-    request: web.Request,
-    state: FakeLLMState,
-    script: Script,
-    tokens: list[str],
-    finish_reason: str,
-    model: str,
-    usage: dict[str, int],
-) -> web.StreamResponse:
+async def _complete_faults(
+    request: web.Request, state: FakeLLMState, script: Script, tokens: list[str]
+) -> web.StreamResponse | None:
+    """Wait as long as the whole generation would take and apply the script's fault.
+
+    Returns the response when a fault replaces the answer, None when the answer is due.
+    """
     if script.fault == "stall":
         await _stall(request, state, script.stall_seconds)
         _drop_connection(request)
@@ -384,6 +458,21 @@ async def _complete(
         return web.Response()
     if script.fault == "malformed":
         return web.Response(text="{not json", content_type="application/json")
+    return None
+
+
+async def _complete(
+    request: web.Request,
+    state: FakeLLMState,
+    script: Script,
+    tokens: list[str],
+    finish_reason: str,
+    model: str,
+    usage: dict[str, int],
+) -> web.StreamResponse:
+    faulted = await _complete_faults(request, state, script, tokens)
+    if faulted is not None:
+        return faulted
     message = {"role": "assistant", "content": "".join(tokens)}
     return web.json_response(
         {
@@ -395,6 +484,80 @@ async def _complete(
             "usage": usage,
         }
     )
+
+
+def _sse(event: str, payload: Mapping[str, Any]) -> bytes:
+    data = json.dumps({"type": event, **payload}, separators=_JSON_SEPARATORS)
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic's POST /v1/messages, answered from the same scripts as chat completions."""
+    taken = await _take_script(request, _anthropic_error)
+    if isinstance(taken, web.StreamResponse):
+        return taken
+    body, script = taken
+    state = request.app[STATE_KEY]
+    tokens, was_cut = _limit_tokens(script, body)
+    stop_reason = "max_tokens" if was_cut else "end_turn"
+    requested_model = body.get("model")
+    model = requested_model if isinstance(requested_model, str) else state.model
+    # The system prompt is a parameter of its own here, but it is prompt all the same.
+    messages = body.get("messages")
+    prompt = [{"content": body.get("system")}, *(messages if isinstance(messages, list) else [])]
+    input_tokens = estimate_prompt_tokens(prompt)
+    message_id = f"msg_{uuid.uuid4().hex[:24]}"
+    message: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 0},
+    }
+
+    with _counted(state):
+        if not body.get("stream"):
+            faulted = await _complete_faults(request, state, script, tokens)
+            if faulted is not None:
+                return faulted
+            message["content"] = [{"type": "text", "text": "".join(tokens)}]
+            message["stop_reason"] = stop_reason
+            message["usage"] = {"input_tokens": input_tokens, "output_tokens": len(tokens)}
+            return web.json_response(message)
+
+        # Serialised once so that the per-token work is a string concatenation and one write.
+        token_prefix = (
+            'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            '"delta":{"type":"text_delta","text":'
+        )
+        stop_delta = {"stop_reason": stop_reason, "stop_sequence": None}
+        return await _send_events(
+            request,
+            state,
+            script,
+            tokens,
+            opening=[
+                _sse("message_start", {"message": message}),
+                _sse(
+                    "content_block_start",
+                    {"index": 0, "content_block": {"type": "text", "text": ""}},
+                ),
+                _sse("ping", {}),
+            ],
+            token_event=lambda token: (token_prefix + json.dumps(token) + "}}\n\n").encode(),
+            # Under a known event name, or SDKs would skip the line instead of parsing it.
+            malformed=b"event: content_block_delta\ndata: {not json\n\n",
+            closing=[
+                _sse("content_block_stop", {"index": 0}),
+                _sse(
+                    "message_delta", {"delta": stop_delta, "usage": {"output_tokens": len(tokens)}}
+                ),
+                _sse("message_stop", {}),
+            ],
+        )
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -451,6 +614,7 @@ def create_app(state: FakeLLMState | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = state or FakeLLMState()
     app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_post("/v1/messages", _messages)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_post("/tokenize", _tokenize)
@@ -489,6 +653,7 @@ class FakeLLMServer:
     >>> with FakeLLMServer() as server:
     ...     server.push(Script.from_text("Hi there", token_interval=0.01))
     ...     client = openai.OpenAI(base_url=server.base_url, api_key="x")
+    ...     claude = anthropic.Anthropic(base_url=server.url, api_key="x")
     """
 
     def __init__(

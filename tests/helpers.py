@@ -10,27 +10,16 @@ import django_rq
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
-from rq import SimpleWorker
 from rq.job import Job
-from rq.timeouts import TimerDeathPenalty
 
 from messageservice.asgi import application
 
 ORIGIN = (b"origin", b"http://localhost")
 
 
-class ThreadWorker(SimpleWorker):
-    """RQ's SimpleWorker, able to run off the main thread (signal handlers need the main one)."""
-
-    death_penalty_class = TimerDeathPenalty
-
-    def _install_signal_handlers(self) -> None:
-        pass
-
-
 def run_llm_worker() -> bool:
-    """Run every queued `llm` job with a real RQ worker in burst mode, in this process."""
-    worker = django_rq.get_worker("llm", worker_class=ThreadWorker)
+    """Run every queued `llm` job with the real llm worker (RQ_WORKER_CLASS) in burst mode."""
+    worker = django_rq.get_worker("llm")
     return bool(worker.work(burst=True, with_scheduler=False))
 
 

@@ -37,6 +37,7 @@ CSRF_COOKIE_SECURE = False
 PARTIAL_SAVE_INTERVAL_SECONDS = 0.05
 REQUEST_TIMEOUT_SECONDS = 2.0
 MESSAGE_PROCESSING_TIMEOUT = 10.0
+LLM_RETRY_BACKOFF_SECONDS = 0.01
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -120,13 +120,10 @@ def test_unknown_conversation_and_parent_are_404(api, conversation):
 
 
 def test_when_the_queue_is_down_the_send_fails_503_and_nothing_is_saved(
-    api, conversation, monkeypatch
+    api, conversation, settings
 ):
-    import django_rq.settings
-
-    # django-rq reads RQ_QUEUES once at start-up; point its `llm` queue at a port nobody serves.
-    dead = {"URL": f"redis://127.0.0.1:{free_port()}/0"}
-    monkeypatch.setitem(django_rq.settings.QUEUES, "llm", dead)
+    # The queue's Redis is a port nobody serves.
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     resp = api.post(_messages_url(conversation), {"content": "hi"}, format="json")
     _error(resp, 503, "queue_unavailable")
     assert not Message.objects.filter(role="user").exists()

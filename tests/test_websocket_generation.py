@@ -92,7 +92,7 @@ async def test_repeated_client_id_over_websocket_creates_one_message_and_one_job
 @pytest.mark.parametrize(
     ("script", "code"),
     [
-        (Script.from_text("never sent", fault="http_500"), "llm_error"),
+        (Script.from_text("never sent", fault="http_500", times=3), "llm_error"),
         (Script.from_text("one two three four", fault="stall", stall_after=2), "llm_timeout"),
         (
             Script.from_text("one two three four", fault="malformed", fault_after=2),

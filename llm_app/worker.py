@@ -1,0 +1,237 @@
+"""The `llm` worker: one process streams up to MAX_CONCURRENT_REQUESTS generations at once.
+
+Design. Plain RQ runs one job per process (a forked work horse per job). Generation is I/O
+bound: a worker mostly waits on the LLM and Redis. So this worker, RQ's `WORKER_CLASS` (the
+seed's `python manage.py rqworker llm` picks it up with no flags), keeps RQ's queue semantics
+(dequeue, started/finished/failed registries, callbacks, job timeouts) but:
+- runs each job in a thread of its own instead of a forked horse, up to MAX_CONCURRENT_REQUESTS;
+- runs every generation coroutine on one shared event loop, so Redis, channel-layer and HTTP
+  connection pools are made once per process, not once per job;
+- takes a job off the queue only when it also holds one of MAX_CONCURRENT_LLM_REQUESTS global
+  slots (a Redis sorted set of leases), so what exceeds the global cap waits in the queue;
+- reaps generations whose worker died (SIGKILL, OOM): see llm_app.reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+from rq import SimpleWorker
+from rq.timeouts import TimerDeathPenalty
+
+from messageservice.redis_clients import sync_redis
+
+logger = logging.getLogger(__name__)
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def shared_loop() -> asyncio.AbstractEventLoop | None:
+    """The running GenerationWorker's event loop in this process, if any."""
+    return _loop
+
+
+def _start_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="generation-loop", daemon=True)
+    thread.start()
+    return loop, thread
+
+
+async def _close_loop_resources() -> None:
+    from llm_app.cancel import close_cancel_watcher
+    from llm_app.providers import close_providers
+
+    await close_providers()
+    await close_cancel_watcher()
+
+
+# KEYS[1] = slots zset; ARGV = now, lease seconds, limit, token. Returns 1 when a slot is taken.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+class GlobalSlots:
+    """A cluster-wide counting semaphore in Redis with leases, so a dead worker frees its slots."""
+
+    lease_seconds = 60
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.key = f"{settings.SERVICE_NAME}:llm-slots"
+        self._acquire = sync_redis().register_script(_ACQUIRE)
+
+    def try_acquire(self) -> str | None:
+        token = uuid.uuid4().hex
+        taken = self._acquire(
+            keys=[self.key], args=[time.time(), self.lease_seconds, self.limit, token]
+        )
+        return token if taken else None
+
+    def renew(self, tokens: list[str]) -> None:
+        if tokens:
+            deadline = time.time() + self.lease_seconds
+            sync_redis().zadd(self.key, dict.fromkeys(tokens, deadline), xx=True)
+
+    def release(self, token: str) -> None:
+        sync_redis().zrem(self.key, token)
+
+    def in_use(self) -> int:
+        client = sync_redis()
+        client.zremrangebyscore(self.key, "-inf", time.time())
+        return int(client.zcard(self.key))  # type: ignore[arg-type]
+
+
+class GenerationWorker(SimpleWorker):
+    """RQ worker running many generation jobs at once; see the module docstring."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("maintenance_interval", 30)
+        super().__init__(*args, **kwargs)
+        self.concurrency = max(1, settings.MAX_CONCURRENT_REQUESTS)
+        self._local = threading.BoundedSemaphore(self.concurrency)
+        # The global LLM cap concerns the llm queue only; other queues just get the threads.
+        self._global: GlobalSlots | None = (
+            GlobalSlots(settings.MAX_CONCURRENT_LLM_REQUESTS)
+            if "llm" in self.queue_names()
+            else None
+        )
+        self._tokens: dict[int, str] = {}
+        self._held: str | None = None
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    # --- the work loop ---------------------------------------------------------------------
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        global _loop
+        loop, thread = _start_loop()
+        _loop = loop
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            self._wait_for_jobs()
+            asyncio.run_coroutine_threadsafe(_close_loop_resources(), loop).result(timeout=10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            _loop = None
+
+    def _wait_for_jobs(self) -> None:
+        while True:
+            with self._lock:
+                threads = list(self._threads)
+            if not threads:
+                return
+            for thread in threads:
+                thread.join(timeout=1)
+                self.heartbeat()
+
+    def _wait_for_slot(self) -> bool:
+        """Hold one local and one global slot; False if a stop was requested meanwhile."""
+        while not self._local.acquire(timeout=1):
+            self._renew()
+            if self._stop_requested:
+                return False
+        if self._global is None:
+            return True
+        while True:
+            token = self._global.try_acquire()
+            if token is not None:
+                self._held = token
+                return True
+            self._renew()
+            if self._stop_requested:
+                self._local.release()
+                return False
+            time.sleep(0.05)
+
+    def _renew(self) -> None:
+        self.heartbeat()
+        with self._lock:
+            tokens = list(self._tokens.values())
+        if self._global is not None:
+            self._global.renew(tokens)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
+        if not self._wait_for_slot():
+            return None
+        try:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        except BaseException:
+            self._release_held()
+            raise
+        if result is None:
+            self._release_held()
+        return result
+
+    def _release_held(self) -> None:
+        if self._held is not None and self._global is not None:
+            self._global.release(self._held)
+            self._held = None
+        self._local.release()
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        """Start the job in its own thread and return at once for the next one."""
+        token, self._held = self._held, None
+        # A shallow copy gives the thread its own per-job bookkeeping (execution, current job)
+        # while it shares this worker's connection, queues and registries.
+        runner = copy.copy(self)
+        thread = threading.Thread(
+            target=self._run, args=(runner, job, queue, token), name=f"job-{job.id}", daemon=True
+        )
+        with self._lock:
+            self._threads.add(thread)
+            if token is not None:
+                self._tokens[id(thread)] = token
+        thread.start()
+
+    def _run(self, runner: GenerationWorker, job: Any, queue: Any, token: str | None) -> None:
+        try:
+            runner.prepare_execution(job)
+            runner.perform_job(job, queue)
+        except Exception:
+            logger.exception("job %s crashed outside its own error handling", job.id)
+        finally:
+            current = threading.current_thread()
+            with self._lock:
+                self._threads.discard(current)
+                self._tokens.pop(id(current), None)
+            if token is not None and self._global is not None:
+                with contextlib.suppress(Exception):
+                    self._global.release(token)
+            self._local.release()
+
+    def teardown(self) -> None:
+        # Let running generations finish (warm shutdown) before the worker unregisters.
+        self._wait_for_jobs()
+        super().teardown()
+
+    def _install_signal_handlers(self) -> None:
+        # Signal handlers can only be installed from the main thread; tests run workers in
+        # threads, where the process's own handling stays in place.
+        if threading.current_thread() is threading.main_thread():
+            super()._install_signal_handlers()
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        from llm_app.reaper import reap_orphans
+
+        try:
+            reap_orphans()
+        except Exception:
+            logger.exception("reaping orphaned generations failed")
