@@ -375,9 +375,11 @@ async def run_generation(generation_id: int) -> None:
             },
         )
         async with asyncio.timeout(settings.MESSAGE_PROCESSING_TIMEOUT):
-            prompt = await sync_to_async(prompt_build)(
+            prompt = await prompt_build(
                 conversation=message.conversation,
                 reply=message,
+                provider=generation.provider,
+                model=generation.model,
                 context_tokens=settings.LLM_CONTEXT_TOKENS,
                 max_tokens=int(generation.params["max_tokens"]),
             )

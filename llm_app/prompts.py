@@ -1,23 +1,26 @@
-"""Prompt assembly: the character first, then the newest turns of the branch that fit the budget."""
+"""Prompt assembly: the character first, then the newest turns of the branch that fit the budget.
+
+Budget = the model's context (LLM_CONTEXT_TOKENS) − the reply's max_tokens − the system text.
+Tokens are counted with the model's own tokenizer where the server offers one (llama-server
+/tokenize; tiktoken for OpenAI models) and with a stated estimate otherwise (llm_app.tokens).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from llm_app.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
 from messages_app.models import Character, Conversation, Message
 from messages_app.selectors import branch_messages
 
-# A stated estimate, used until a model tokenizer is asked: about 4 characters per token for
-# English text, plus a few tokens of chat-template overhead per message.
-CHARS_PER_TOKEN = 4
-PER_MESSAGE_OVERHEAD = 4
 _HISTORY_ROLES = {Message.Role.USER, Message.Role.ASSISTANT}
 _HISTORY_STATUSES = {Message.Status.COMPLETED, Message.Status.CANCELLED}
-
-
-def estimate_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN) + PER_MESSAGE_OVERHEAD
+# History is counted newest first, a batch at a time, until the budget is spent.
+_BATCH = 16
 
 
 def system_text(character: Character) -> str:
@@ -37,42 +40,71 @@ class Prompt:
     manifest: dict[str, Any]
 
 
-def prompt_build(
-    *, conversation: Conversation, reply: Message, context_tokens: int, max_tokens: int
-) -> Prompt:
-    """The messages for the reply `reply`, whose parent is the newest user turn.
-
-    Turns are dropped oldest first until system text + history + max_tokens fit the context.
-    """
-    character = conversation.character
-    system = system_text(character)
-    budget = context_tokens - max_tokens - estimate_tokens(system)
+def _history(conversation: Conversation, reply: Message) -> list[Message]:
+    """The branch up to the reply's user turn, without failed or unfinished replies."""
     assert reply.parent_id is not None, "a reply always answers a message"
-    history = [
+    return [
         m
         for m in branch_messages(conversation=conversation, leaf_id=reply.parent_id)
-        if m.role in _HISTORY_ROLES and (m.status in _HISTORY_STATUSES or m.role == "user")
+        if m.role in _HISTORY_ROLES
+        and (m.role == Message.Role.USER or m.status in _HISTORY_STATUSES)
     ]
-    chosen: list[Message] = []
+
+
+def counter_for(provider: str, model: str) -> TokenCounter:
+    base_url = settings.LLM_SERVICE_URL if provider in ("lmstudio", "openai_compatible") else None
+    return TokenCounter(provider=provider, model=model, base_url=base_url)
+
+
+async def prompt_build(
+    *,
+    conversation: Conversation,
+    reply: Message,
+    provider: str,
+    model: str,
+    context_tokens: int,
+    max_tokens: int,
+) -> Prompt:
+    """The messages for `reply`; turns are dropped oldest first until everything fits."""
+    system = system_text(conversation.character)
+    history = await sync_to_async(_history)(conversation, reply)
+    counter = counter_for(provider, model)
+    system_count = await counter.count(system)
+    system_tokens = system_count.tokens + PER_MESSAGE_OVERHEAD
+    budget = context_tokens - max_tokens - system_tokens
+    chosen: list[tuple[Message, int]] = []
     used = 0
-    for message in reversed(history):
-        cost = estimate_tokens(message.content)
-        if used + cost > budget and chosen:
+    newest_first = list(reversed(history))
+    full = False
+    for start in range(0, len(newest_first), _BATCH):
+        batch = newest_first[start : start + _BATCH]
+        counts = await counter.count_many([m.content for m in batch])
+        for message, count in zip(batch, counts, strict=True):
+            cost = count.tokens + PER_MESSAGE_OVERHEAD
+            # The newest turn always goes in, even alone over budget: the provider decides.
+            if used + cost > budget and chosen:
+                full = True
+                break
+            chosen.append((message, cost))
+            used += cost
+        if full:
             break
-        chosen.append(message)
-        used += cost
     chosen.reverse()
+    kept = {m.pk for m, _ in chosen}
     messages = [{"role": "system", "content": system}] + [
-        {"role": m.role, "content": m.content} for m in chosen
+        {"role": m.role, "content": m.content} for m, _ in chosen
     ]
     manifest = {
-        "message_ids": [m.pk for m in chosen],
-        "dropped_message_ids": [m.pk for m in history[: len(history) - len(chosen)]],
-        "system_tokens": estimate_tokens(system),
+        "message_ids": [m.pk for m, _ in chosen],
+        "message_tokens": [cost for _, cost in chosen],
+        "dropped_message_ids": [m.pk for m in history if m.pk not in kept],
+        "system_tokens": system_tokens,
         "history_tokens": used,
+        "prompt_tokens_counted": system_tokens + used,
         "budget_tokens": budget,
         "context_tokens": context_tokens,
         "max_tokens": max_tokens,
-        "token_counter": f"estimate: ceil(chars/{CHARS_PER_TOKEN}) + {PER_MESSAGE_OVERHEAD}",
+        "token_counter": system_count.counter,
+        "per_message_overhead": PER_MESSAGE_OVERHEAD,
     }
     return Prompt(messages=messages, manifest=manifest)

@@ -246,7 +246,7 @@ def test_prompt_is_cut_to_the_budget_oldest_turns_first(
         fake_llm.push(Script.from_text(f"answer {i}"))
         message_send(conversation=conversation, author=user, content=f"q{i} " + "words " * 40)
         run_llm_worker()
-    settings.LLM_CONTEXT_TOKENS = 400
+    settings.LLM_CONTEXT_TOKENS = 250
     conversation.character.max_tokens = 100
     conversation.character.save()
     fake_llm.push(Script.from_text("short"))
@@ -254,11 +254,14 @@ def test_prompt_is_cut_to_the_budget_oldest_turns_first(
     run_llm_worker()
     sent = fake_llm.requests[-1]["messages"]
     assert sent[-1] == {"role": "user", "content": "last question"}
-    assert "greeting" not in [m.get("content") for m in sent]
-    assert len(sent) < 12
     manifest = Generation.objects.latest("id").prompt_manifest
+    # Counted by the server's own tokenizer (the fake's /tokenize), not the estimate.
+    assert manifest["token_counter"] == "llama-server /tokenize"
     assert manifest["dropped_message_ids"]
-    assert manifest["system_tokens"] + manifest["history_tokens"] <= 400 - 100
+    assert manifest["prompt_tokens_counted"] <= 250 - 100
+    assert len(sent) == 1 + len(manifest["message_ids"]) < 12
+    # The newest turns were kept, the oldest dropped.
+    assert max(manifest["dropped_message_ids"]) < min(manifest["message_ids"])
 
 
 def test_openapi_schema_and_docs_are_served(api):
