@@ -118,26 +118,30 @@ class AnthropicProvider:
                 stream=True,
                 **options,
             )
-            async for event in stream:
-                if event.type == "message_start":
-                    prompt_tokens = _input_tokens(event.message.usage, prompt_tokens)
-                elif event.type == "content_block_delta":
-                    # Thinking and tool-input deltas are not part of the visible reply.
-                    if event.delta.type == "text_delta" and event.delta.text:
-                        yield StreamChunk(text=event.delta.text)
-                elif event.type == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
-                    # output_tokens is cumulative; message_delta may also restate input tokens.
-                    prompt_tokens = _input_tokens(event.usage, prompt_tokens)
-                    yield StreamChunk(
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=event.usage.output_tokens,
-                    )
-                elif event.type == "message_stop":
-                    # Only now is the reply known to be complete: a stream cut before this
-                    # yields no finish_reason, which the caller reports as a broken stream.
-                    reason = stop_reason or "end_turn"
-                    yield StreamChunk(finish_reason=_FINISH_REASONS.get(reason, reason))
+            try:
+                async for event in stream:
+                    if event.type == "message_start":
+                        prompt_tokens = _input_tokens(event.message.usage, prompt_tokens)
+                    elif event.type == "content_block_delta":
+                        # Thinking and tool-input deltas are not part of the visible reply.
+                        if event.delta.type == "text_delta" and event.delta.text:
+                            yield StreamChunk(text=event.delta.text)
+                    elif event.type == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        # output_tokens is cumulative; message_delta may also restate input tokens.
+                        prompt_tokens = _input_tokens(event.usage, prompt_tokens)
+                        yield StreamChunk(
+                            prompt_tokens=prompt_tokens,
+                            completion_tokens=event.usage.output_tokens,
+                        )
+                    elif event.type == "message_stop":
+                        # Only now is the reply known to be complete: a stream cut before this
+                        # yields no finish_reason, which the caller reports as a broken stream.
+                        reason = stop_reason or "end_turn"
+                        yield StreamChunk(finish_reason=_FINISH_REASONS.get(reason, reason))
+            finally:
+                # Also on cancel: closing the response stops the LLM generating for nobody.
+                await stream.close()
         except (anthropic.APITimeoutError, httpx.TimeoutException) as exc:
             raise ProviderError("llm_timeout", "The LLM did not answer in time.") from exc
         except anthropic.APIConnectionError as exc:

@@ -36,16 +36,20 @@ class OpenAICompatibleProvider:
                 stream=True,
                 stream_options={"include_usage": True},
             )
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    yield StreamChunk(
-                        prompt_tokens=chunk.usage.prompt_tokens,
-                        completion_tokens=chunk.usage.completion_tokens,
-                    )
-                for choice in chunk.choices:
-                    text = choice.delta.content if choice.delta else None
-                    if text or choice.finish_reason:
-                        yield StreamChunk(text=text or "", finish_reason=choice.finish_reason)
+            try:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        yield StreamChunk(
+                            prompt_tokens=chunk.usage.prompt_tokens,
+                            completion_tokens=chunk.usage.completion_tokens,
+                        )
+                    for choice in chunk.choices:
+                        text = choice.delta.content if choice.delta else None
+                        if text or choice.finish_reason:
+                            yield StreamChunk(text=text or "", finish_reason=choice.finish_reason)
+            finally:
+                # Also on cancel: closing the response stops the LLM generating for nobody.
+                await stream.close()
         except (openai.APITimeoutError, httpx.TimeoutException) as exc:
             raise ProviderError("llm_timeout", "The LLM did not answer in time.") from exc
         except openai.APIConnectionError as exc:
