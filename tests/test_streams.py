@@ -74,7 +74,7 @@ async def test_a_fresh_connection_does_not_get_half_a_stream_without_resume(
     conversation, alice_headers, fake_llm
 ):
     fake_llm.push(Script.numbered(30, token_interval=0.02))
-    comm, generation_id, worker = await _start(conversation, alice_headers)
+    comm, _generation_id, worker = await _start(conversation, alice_headers)
     await _deltas(comm, 3)
     late = communicator(_path(conversation), alice_headers)
     await late.connect()
@@ -294,7 +294,7 @@ async def test_retry_before_the_first_token_then_success_tells_the_client(
 async def test_no_retry_once_tokens_have_streamed(conversation, alice_headers, fake_llm):
     fake_llm.push(Script.from_text("one two three four", fault="cut", fault_after=2))
     fake_llm.push(Script.from_text("must not be used"))
-    comm, generation_id, worker = await _start(conversation, alice_headers)
+    comm, _generation_id, worker = await _start(conversation, alice_headers)
     frames = await receive_until(comm, "generation.completed", "generation.failed")
     await worker
     await comm.disconnect()
@@ -328,7 +328,7 @@ async def test_heartbeats_while_waiting_for_the_first_token(
 ):
     settings.GENERATION_HEARTBEAT_SECONDS = 0.1
     fake_llm.push(Script.from_text("Slow start.", first_token_delay=0.6))
-    comm, generation_id, worker = await _start(conversation, alice_headers)
+    comm, _generation_id, worker = await _start(conversation, alice_headers)
     frames = await receive_until(comm, "generation.completed")
     await worker
     await comm.disconnect()
@@ -344,7 +344,7 @@ async def test_first_token_timeout_fails_with_llm_timeout(
     settings.REQUEST_TIMEOUT_SECONDS = 0.3
     settings.LLM_RETRY_ATTEMPTS = 0
     fake_llm.push(Script.from_text("too late", first_token_delay=2.0))
-    comm, generation_id, worker = await _start(conversation, alice_headers)
+    comm, _generation_id, worker = await _start(conversation, alice_headers)
     frames = await receive_until(comm, "generation.completed", "generation.failed")
     await worker
     await comm.disconnect()
