@@ -110,7 +110,7 @@ async def test_resume_after_the_log_expired_answers_with_the_saved_message(
     comm, generation_id, worker = await _start(conversation, alice_headers)
     await receive_until(comm, "generation.completed")
     await worker
-    ttl = await sync_to_async(sync_redis().ttl)(log_key(generation_id))
+    ttl: Any = await sync_to_async(sync_redis().ttl)(log_key(generation_id))
     assert ttl >= 600, "the log lives at least 10 minutes after the end"
     await sync_to_async(sync_redis().delete)(log_key(generation_id))
     await comm.send_json_to(
@@ -269,7 +269,8 @@ def test_cancel_of_a_queued_generation_ends_it_and_the_job_does_nothing(api, con
     other = APIClient()
     from tests.factories import UserFactory
 
-    other.force_authenticate(UserFactory(username="eve"))
+    eve: Any = UserFactory(username="eve")
+    other.force_authenticate(eve)
     assert other.post(f"/api/v1/generations/{body['generation_id']}/cancel/").status_code == 404
 
 
