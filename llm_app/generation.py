@@ -26,7 +26,7 @@ from llm_app.lease import renew_lease
 from llm_app.models import Generation
 from llm_app.prompts import Prompt, prompt_build
 from llm_app.providers import ChatRequest, ProviderError, provider_for
-from llm_app.token_log import log_append, log_seal
+from llm_app.token_log import log_append, log_read_sync, log_seal
 from messages_app.events import asend_event
 from messages_app.models import Message
 from messages_app.serializers import message_data
@@ -430,6 +430,10 @@ def generation_fail_stale(generation_id: int, *, code: str, text: str) -> bool:
         return False
     message = generation.message
     progress = _Progress(parts=[message.content], seq=message.stream_seq)
+    logged = log_read_sync(generation.pk)
+    if len(logged) > message.stream_seq:
+        # The log holds every delta the clients were sent; the database only the last save.
+        progress = _Progress(parts=[text for _, text in logged], seq=len(logged))
     failed = Message.Status.FAILED
     saved = _finish(generation, progress, failed, error_code=code, error_message=text)
     if saved.status != Message.Status.FAILED:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -52,8 +53,16 @@ def _requeue(generation: Generation, reason: str) -> None:
 def reap_orphans() -> int:
     """Settle orphaned generations; returns how many were settled. One reaper at a time."""
     client = sync_redis()
-    if not client.set(f"{settings.SERVICE_NAME}:reaper-lock", 1, nx=True, ex=20):
+    lock = client.lock(f"{settings.SERVICE_NAME}:reaper-lock", timeout=60, blocking=False)
+    if not lock.acquire():
         return 0
+    try:
+        return _reap(client)
+    finally:
+        lock.release()
+
+
+def _reap(client: Any) -> int:
     settled = 0
     lease = settings.GENERATION_LEASE_SECONDS
     cutoff = timezone.now() - timedelta(seconds=lease)
@@ -63,7 +72,7 @@ def reap_orphans() -> int:
     for generation in streaming:
         if client.exists(lease_key(generation.pk)):
             continue
-        logged: int = client.xlen(log_key(generation.pk))  # type: ignore[assignment]
+        logged: int = client.xlen(log_key(generation.pk))
         streamed = generation.message.stream_seq > 0 or logged > 0
         if not streamed and generation.attempt < MAX_ATTEMPTS:
             logger.warning("generation %s lost its worker; queued again", generation.pk)

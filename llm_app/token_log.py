@@ -7,9 +7,12 @@ TOKEN_LOG_TTL_SECONDS (at least 10 minutes), for clients that resume late.
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis
 from django.conf import settings
 
-from messageservice.redis_clients import async_redis
+from messageservice.redis_clients import async_redis, sync_redis
 
 
 def log_key(generation_id: int) -> str:
@@ -54,3 +57,12 @@ async def log_last_seq(generation_id: int) -> int | None:
     if entries:
         return int(entries[0][0].split(b"-")[0])
     return None
+
+
+def log_read_sync(generation_id: int) -> list[tuple[int, str]]:
+    """The whole log, from sync code; empty when it is gone or Redis cannot be reached."""
+    try:
+        entries: Any = sync_redis().xrange(log_key(generation_id))
+    except redis.RedisError:
+        return []
+    return [(int(entry_id.split(b"-")[0]), fields[b"t"].decode()) for entry_id, fields in entries]
