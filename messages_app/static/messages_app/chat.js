@@ -474,6 +474,11 @@
       }
       entry.msg = merged;
     }
+    if (entry.msg.generation_id != null && entry.msg.content === msg.content &&
+        typeof msg.seq === "number") {
+      // The text shown is now this snapshot: deltas 1..seq. Resume after it, never before.
+      state.lastSeq.set(entry.msg.generation_id, msg.seq);
+    }
     renderMessage(entry);
     rememberGeneration(entry.msg);
     updateEmptyState();
@@ -504,6 +509,20 @@
     entry.msg.status = "streaming";
     renderMessage(entry);
     if (stick) scrollToBottom();
+  }
+
+  // A new connection does not get the live deltas of a reply that started before it unless it
+  // asks: replay what this page has not shown yet (after the last seq it has), then go live.
+  function resumeUnfinished() {
+    state.messages.forEach(function (entry) {
+      var m = entry.msg;
+      if (m.generation_id == null || (m.status !== "queued" && m.status !== "streaming")) return;
+      sendFrame({
+        type: "stream.resume",
+        generation_id: m.generation_id,
+        after_seq: state.lastSeq.get(m.generation_id) || 0
+      });
+    });
   }
 
   function flushDeltas(generationId) {
@@ -720,9 +739,11 @@
       setStatus("open", "Connected");
       state.pingTimer = setInterval(function () { sendFrame({ type: "ping" }); }, PING_INTERVAL_MS);
       if (state.needsResync) {
-        // Catch up on anything that happened while we were away.
+        // Catch up on anything that happened while we were away, then resume the streams.
         state.needsResync = false;
-        loadMessages(state.openToken, true).catch(function () { /* the socket still works */ });
+        loadMessages(state.openToken, true).then(resumeUnfinished, resumeUnfinished);
+      } else {
+        resumeUnfinished();
       }
     };
 
