@@ -19,6 +19,7 @@ import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from llm_app.cancel import cancel_watcher
@@ -76,9 +77,9 @@ def _start(generation: Generation) -> bool:
     )
     if not updated:
         return False
+    Generation.objects.filter(pk=generation.pk).update(started_at=now, attempt=F("attempt") + 1)
     generation.started_at = now
     generation.attempt += 1
-    generation.save(update_fields=["started_at", "attempt"])
     message.status = Message.Status.STREAMING
     return True
 
@@ -390,7 +391,7 @@ async def run_generation(generation_id: int) -> None:
                 "params": generation.params,
                 "attempt": generation.attempt,
             }
-            await sync_to_async(generation.save)(update_fields=["prompt_manifest"])
+            # Saved with the end state (one write, off the path to the first token).
             await _stream_unless_cancelled(generation, prompt, progress)
         if progress.finish_reason is None:
             status, code = Message.Status.FAILED, "llm_bad_stream"

@@ -20,7 +20,7 @@ from rq.job import Job
 from llm_app.generation import generation_fail_stale
 from llm_app.lease import lease_key
 from llm_app.models import Generation
-from llm_app.services import generation_enqueue
+from llm_app.services import generation_requeue
 from llm_app.token_log import log_key
 from messages_app.events import send_event
 from messages_app.models import Message
@@ -38,7 +38,7 @@ def _requeue(generation: Generation, reason: str) -> None:
     ).update(status=Message.Status.QUEUED, content="", stream_seq=0, updated_at=timezone.now())
     if not updated:
         return
-    generation_enqueue(generation)
+    generation_requeue(generation)
     send_event(
         message.conversation_id,
         {

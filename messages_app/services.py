@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from llm_app.cancel import cancel_signal
 from llm_app.models import Generation
-from llm_app.services import generation_create, generation_enqueue
+from llm_app.services import generation_create, generation_enqueue, generation_settings
 from messages_app.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
 from messages_app.events import send_event
 from messages_app.models import Character, Conversation, Feedback, Message
@@ -139,16 +139,16 @@ def _queue_reply(
     generation enqueued after commit. `announce` are the other new messages of this change:
     if the queue fails they are deleted with the reply (nothing half-saved) and Unavailable
     is raised; otherwise they are announced with the reply."""
+    config = generation_settings(conversation.character)
     assistant = Message.objects.create(
         conversation=conversation,
         parent=user_message,
         depth=user_message.depth + 1,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
+        model=config["model"],
     )
-    generation = generation_create(message=assistant, character=conversation.character)
-    assistant.model = generation.model
-    assistant.save(update_fields=["model"])
+    generation = generation_create(message=assistant, config=config)
     previous_leaf = conversation.active_leaf_id
     Conversation.objects.filter(pk=conversation.pk).update(
         active_leaf=assistant, last_activity_at=timezone.now()

@@ -74,10 +74,12 @@ CACHES = {
     }
 }
 
+# Redis pub/sub: a group send is one PUBLISH, received by each daphne process once. Delivery is
+# at most once; the token log (llm_app.token_log) is what makes streams complete on resume.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SERVICE_NAME}:ch", "capacity": 1000},
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SERVICE_NAME}:ch"},
     }
 }
 

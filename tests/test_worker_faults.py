@@ -151,7 +151,10 @@ async def test_redis_restart_mid_stream_ends_failed_and_leaves_completed_replies
     url = f"redis://127.0.0.1:{port}/0"
     settings.REDIS_URL = url
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [url]},
+        }
     }
     # django-rq read RQ_QUEUES at start-up: point the llm queue at this Redis too.
     monkeypatch.setitem(
