@@ -13,6 +13,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from llm_app.providers import shared_http
 from llm_app.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
 from messages_app.models import Character, Conversation, Message
 from messages_app.selectors import branch_messages
@@ -53,7 +54,7 @@ def _history(conversation: Conversation, reply: Message) -> list[Message]:
 
 def counter_for(provider: str, model: str) -> TokenCounter:
     base_url = settings.LLM_SERVICE_URL if provider in ("lmstudio", "openai_compatible") else None
-    return TokenCounter(provider=provider, model=model, base_url=base_url)
+    return TokenCounter(provider=provider, model=model, base_url=base_url, http=shared_http())
 
 
 async def prompt_build(

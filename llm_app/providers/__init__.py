@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import weakref
 
+import httpx
 from django.conf import settings
 
 from llm_app.providers.base import ChatRequest, Provider, ProviderError, StreamChunk
@@ -24,6 +25,7 @@ __all__ = [
     "close_providers",
     "get_provider",
     "provider_for",
+    "shared_http",
 ]
 
 # lmstudio is the seed's name for the same wire protocol.
@@ -67,8 +69,28 @@ def provider_for(name: str) -> Provider:
     return provider
 
 
+_http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_http() -> httpx.AsyncClient:
+    """The running loop's plain HTTP client (token counting): one pool, not one per call."""
+    loop = asyncio.get_running_loop()
+    client = _http.get(loop)
+    if client is None or client.is_closed:
+        client = _http[loop] = httpx.AsyncClient(
+            timeout=2.0, limits=httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        )
+    return client
+
+
 async def close_providers() -> None:
     """Close the running loop's clients (before the loop ends)."""
-    for provider in _cache.pop(asyncio.get_running_loop(), {}).values():
+    loop = asyncio.get_running_loop()
+    for provider in _cache.pop(loop, {}).values():
         with contextlib.suppress(Exception):
             await provider.aclose()
+    http = _http.pop(loop, None)
+    if http is not None:
+        await http.aclose()
