@@ -207,7 +207,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def _generation_end(self, event: dict[str, Any]) -> None:
         generation_id = event["generation_id"]
-        if generation_id in self.ended:
+        if generation_id in self.ended or generation_id not in self.sent:
+            # Not followed: a client that wants it resumes it, and gets the end from there,
+            # after the deltas it misses, never before them.
             return
         final_seq = (event.get("message") or {}).get("seq")
         if generation_id in self.sent and final_seq:

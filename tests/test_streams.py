@@ -74,16 +74,19 @@ async def test_a_fresh_connection_does_not_get_half_a_stream_without_resume(
     conversation, alice_headers, fake_llm
 ):
     fake_llm.push(Script.numbered(30, token_interval=0.02))
-    comm, _generation_id, worker = await _start(conversation, alice_headers)
+    comm, generation_id, worker = await _start(conversation, alice_headers)
     await _deltas(comm, 3)
     late = communicator(_path(conversation), alice_headers)
     await late.connect()
-    frames = await receive_until(late, "generation.completed")
+    await receive_until(comm, "generation.completed")
     await worker
+    # Nothing it could not place: no deltas, no end of a stream it never saw begin.
+    assert await late.receive_nothing(timeout=0.3)
+    await late.send_json_to({"type": "stream.resume", "generation_id": generation_id})
+    frames = await receive_until(late, "generation.completed")
     await comm.disconnect()
     await late.disconnect()
-    # No deltas it could not place; the terminal event carries the whole saved reply.
-    assert deltas_of(frames) == []
+    assert [d["seq"] for d in deltas_of(frames)] == list(range(1, 31))
     assert frames[-1]["message"]["seq"] == 30
 
 
