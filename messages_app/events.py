@@ -35,12 +35,22 @@ async def asend_event(conversation_id: int, event: dict[str, Any]) -> None:
     await layer.group_send(conversation_group(conversation_id), _checked(event))
 
 
-def send_event(conversation_id: int, event: dict[str, Any]) -> None:
-    """Send now, from sync code. A channel-layer failure is logged, not raised: data is saved."""
+def send_event(conversation_id: int, *events: dict[str, Any]) -> None:
+    """Send now, in order, from sync code (one hop to the event loop for all of them).
+
+    A channel-layer failure is logged, not raised: the data is saved already.
+    """
+
+    async def send_all() -> None:
+        for event in events:
+            await asend_event(conversation_id, event)
+
     try:
-        async_to_sync(asend_event)(conversation_id, event)
+        async_to_sync(send_all)()
     except Exception:
-        logger.exception("could not announce %s to conversation %s", event["type"], conversation_id)
+        logger.exception(
+            "could not announce %s to conversation %s", events[0]["type"], conversation_id
+        )
 
 
 def send_event_on_commit(conversation_id: int, event: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from llm_app.services import generation_create, generation_enqueue, generation_s
 from messages_app.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
 from messages_app.events import send_event
 from messages_app.models import Character, Conversation, Feedback, Message
-from messages_app.selectors import branch_leaf_under
+from messages_app.selectors import branch_leaf_under, siblings_of
 from messages_app.serializers import message_data
 
 
@@ -180,11 +180,18 @@ def _enqueue_and_announce(
             code="queue_unavailable",
         ) from exc
     client_id = created[0].client_id if created[0].role == Message.Role.USER else ""
-    for message in created:
-        send_event(
-            conversation.pk,
-            {"type": "message.created", "message": message_data(message), "client_id": client_id},
-        )
+    siblings = siblings_of(created)
+    send_event(
+        conversation.pk,
+        *(
+            {
+                "type": "message.created",
+                "message": message_data(message, siblings[message.pk]),
+                "client_id": client_id,
+            }
+            for message in created
+        ),
+    )
 
 
 def message_regenerate(*, message: Message) -> tuple[Message, Generation]:

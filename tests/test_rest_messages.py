@@ -286,3 +286,14 @@ def test_health_is_503_when_redis_is_down(client, settings):
     resp = client.get("/health")
     assert resp.status_code == 503
     assert resp.json()["checks"]["redis"].startswith("error")
+
+
+def test_event_payload_of_a_message_equals_its_rest_representation(api, conversation, fake_llm):
+    from messages_app.serializers import MessageSerializer, message_data
+
+    fake_llm.push(Script.from_text("Same shape everywhere."))
+    sent = api.post(_messages_url(conversation), {"content": "hi"}, format="json").json()
+    run_llm_worker()
+    api.post(f"/api/v1/messages/{sent['assistant_message']['id']}/regenerate/")
+    for message in Message.objects.select_related("generation").all():
+        assert message_data(message) == dict(MessageSerializer(message).data)
