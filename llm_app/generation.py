@@ -28,7 +28,7 @@ from llm_app.models import Generation
 from llm_app.prompts import Prompt, prompt_build
 from llm_app.providers import ChatRequest, ProviderError, provider_for
 from llm_app.token_log import log_append, log_read_sync, log_seal
-from messages_app.events import asend_event
+from messages_app.events import asend_event, checked_event, conversation_group
 from messages_app.models import Message
 from messages_app.serializers import message_data
 
@@ -254,18 +254,17 @@ async def _stream_once(
                     progress.first_token_at = timezone.now()
                 progress.seq += 1
                 progress.parts.append(chunk.text)
-                # Log first, then fan out: a client that resumes from the log never misses
-                # a delta that was already sent live.
-                await log_append(generation.pk, progress.seq, chunk.text)
-                await asend_event(
-                    conversation_id,
-                    {
-                        "type": "generation.delta",
-                        "generation_id": generation.pk,
-                        "seq": progress.seq,
-                        "text": chunk.text,
-                    },
-                )
+                event = {
+                    "type": "generation.delta",
+                    "generation_id": generation.pk,
+                    "seq": progress.seq,
+                    "text": chunk.text,
+                }
+                # Log first, then fan out (one pipeline): a client that resumes from the log
+                # never misses a delta that was already sent live.
+                fanout = (conversation_group(conversation_id), checked_event(event))
+                if not await log_append(generation.pk, progress.seq, chunk.text, fanout=fanout):
+                    await asend_event(conversation_id, event)
                 now = time.monotonic()
                 due = now - progress.saved_at >= interval
                 if due or progress.seq - progress.saved_seq >= every:

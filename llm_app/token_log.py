@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from messageservice.redis_clients import async_redis, sync_redis
@@ -19,18 +21,40 @@ def log_key(generation_id: int) -> str:
     return f"{settings.SERVICE_NAME}:gen:{generation_id}:tokens"
 
 
-async def log_append(generation_id: int, seq: int, text: str) -> None:
+def _group_publisher(group: str) -> tuple[str, Any] | None:
+    """(pub/sub channel, serializer) of the Redis pub/sub channel layer for `group`, or None
+    for any other layer. Lets a delta's log append and its fan-out share one round trip."""
+    layer = get_channel_layer()
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        return None
+    # channels-redis names a group's pub/sub channel "<prefix>__group__<group>".
+    prefix = layer._kwargs.get("prefix", "asgi")
+    return f"{prefix}__group__{group}", layer.serialize
+
+
+async def log_append(
+    generation_id: int, seq: int, text: str, *, fanout: tuple[str, dict[str, Any]] | None = None
+) -> bool:
+    """Append delta `seq`; with `fanout` (group, event), publish the event in the same round trip.
+
+    Returns True when the event was published here, False when the caller must send it.
+    The append always comes first, so a resume never misses a delta that went out live.
+    """
     client = async_redis()
     key = log_key(generation_id)
-    if seq == 1:
-        # Bound the life of a log whose writer dies before it can set the final expiry.
-        ttl = int(settings.MESSAGE_PROCESSING_TIMEOUT) + settings.TOKEN_LOG_TTL_SECONDS
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.xadd(key, {"t": text}, id=f"{seq}-0")
-            pipe.expire(key, ttl)
-            await pipe.execute()
-    else:
-        await client.xadd(key, {"t": text}, id=f"{seq}-0")
+    publisher = _group_publisher(fanout[0]) if fanout is not None else None
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xadd(key, {"t": text}, id=f"{seq}-0")
+        if seq == 1:
+            # Bound the life of a log whose writer dies before it can set the final expiry.
+            pipe.expire(
+                key, int(settings.MESSAGE_PROCESSING_TIMEOUT) + settings.TOKEN_LOG_TTL_SECONDS
+            )
+        if publisher is not None and fanout is not None:
+            channel, serialize = publisher
+            pipe.publish(channel, serialize(fanout[1]))
+        await pipe.execute()
+    return publisher is not None
 
 
 async def log_seal(generation_id: int) -> None:

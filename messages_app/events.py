@@ -21,7 +21,7 @@ def conversation_group(conversation_id: int) -> str:
     return f"conversation.{conversation_id}"
 
 
-def _checked(event: dict[str, Any]) -> dict[str, Any]:
+def checked_event(event: dict[str, Any]) -> dict[str, Any]:
     # Tests turn this on so that a payload that cannot cross the wire fails where it is made.
     if getattr(settings, "EVENTS_JSON_ROUNDTRIP", False):
         return dict(json.loads(json.dumps(event)))
@@ -32,7 +32,7 @@ async def asend_event(conversation_id: int, event: dict[str, Any]) -> None:
     """Send now, from async code (the generation loop). Only call after the data is committed."""
     layer = get_channel_layer()
     assert layer is not None
-    await layer.group_send(conversation_group(conversation_id), _checked(event))
+    await layer.group_send(conversation_group(conversation_id), checked_event(event))
 
 
 def send_event(conversation_id: int, *events: dict[str, Any]) -> None:
