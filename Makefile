@@ -62,7 +62,12 @@ format: install-dev
 worker: install
 	$(PY) manage.py rqworker llm
 
-bench: install-dev
+$(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
+	$(PIP) install --quiet -r requirements-bench.txt
+	touch $@
+
+## bench: the streaming benchmarks (real daphne, llm worker, Redis, fake LLM); writes bench/RESULTS.md
+bench: $(VENV)/.installed-bench
 	$(PY) -m bench.run
 
 clean:

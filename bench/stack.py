@@ -201,8 +201,8 @@ class Stack:
 
     # --- helpers --------------------------------------------------------------------------
     def manage(self, args: list[str], timeout: float = 120) -> str:
-        """Run `manage.py <args>` (or `-m bench.dbtool` when args[0] == '-m') with the stack's env."""
-        cmd = [sys.executable, *args] if args[0] == "-m" else [sys.executable, "manage.py", *args]
+        """Run `manage.py <args>` with the stack's environment; its stdout."""
+        cmd = [sys.executable, "manage.py", *args]
         done = subprocess.run(
             cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
         )
@@ -294,16 +294,23 @@ class Stack:
 
 
 def _terminate(proc: Proc, timeout: float) -> None:
-    """SIGTERM the process group of `proc` (it is its session leader), then SIGKILL if needed."""
-    if proc.alive():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    # Children that outlive the leader are in the same group.
+    """SIGTERM `proc` (and its process group: it leads a session of its own), then SIGKILL
+    whatever of its process tree is still running after `timeout`."""
+    import psutil
+
+    if not proc.alive():
+        proc.popen.wait()
+        return
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        tree = []
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.popen.wait(timeout=timeout)
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            member.kill()  # psutil checks the pid still names the same process
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.popen.wait(timeout=5)

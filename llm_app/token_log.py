@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 from channels.layers import get_channel_layer
-from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer  # the base of ours
 from django.conf import settings
 
 from messageservice.redis_clients import async_redis, sync_redis

@@ -83,7 +83,7 @@ CACHES = {
 # at most once; the token log (llm_app.token_log) is what makes streams complete on resume.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "BACKEND": "messageservice.channel_layer.PromptPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SERVICE_NAME}:ch"},
     }
 }

@@ -1,0 +1,60 @@
+"""The channel layer: channels-redis's pub/sub layer, with a prompt receiver.
+
+Upstream, a process's receiver that has no subscription polls every 100 ms for one to appear,
+so the first events after a process's first (or only) group_add wait up to 100 ms: a user
+alone on a daphne process sees that on every new conversation. Here the receiver is woken by
+the subscription itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _PromptShard(RedisSingleShardConnection):
+    def __init__(self, host: Any, channel_layer: Any) -> None:
+        super().__init__(host, channel_layer)
+        self._subscribed = asyncio.Event()
+
+    async def subscribe(self, channel: str) -> None:
+        await super().subscribe(channel)
+        self._subscribed.set()
+
+    async def _do_receiving(self) -> None:
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=0.1
+                    )
+                    self._receive_message(message)
+                else:
+                    self._subscribed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._subscribed.wait(), timeout=0.1)
+            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception:
+                logger.exception("unexpected exception in the channel-layer receiver")
+                await asyncio.sleep(1)
+
+
+class PromptPubSubChannelLayer(RedisPubSubChannelLayer):
+    def _get_layer(self) -> RedisPubSubLoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._layers.get(loop)
+        if layer is None:
+            layer = super()._get_layer()
+            layer._shards = [_PromptShard(shard.host, layer) for shard in layer._shards]
+        return layer
