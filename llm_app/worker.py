@@ -31,12 +31,12 @@ from messageservice.redis_clients import sync_redis
 
 logger = logging.getLogger(__name__)
 
-_loop: asyncio.AbstractEventLoop | None = None
+_job_thread = threading.local()
 
 
 def shared_loop() -> asyncio.AbstractEventLoop | None:
-    """The running GenerationWorker's event loop in this process, if any."""
-    return _loop
+    """The event loop of the GenerationWorker running the current job's thread, if any."""
+    return getattr(_job_thread, "loop", None)
 
 
 def _start_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
@@ -116,12 +116,12 @@ class GenerationWorker(SimpleWorker):
         self._held: str | None = None
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- the work loop ---------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        global _loop
         loop, thread = _start_loop()
-        _loop = loop
+        self._loop = loop
         try:
             return bool(super().work(*args, **kwargs))
         finally:
@@ -129,7 +129,6 @@ class GenerationWorker(SimpleWorker):
             asyncio.run_coroutine_threadsafe(_close_loop_resources(), loop).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
-            _loop = None
 
     def _wait_for_jobs(self) -> None:
         while True:
@@ -201,6 +200,8 @@ class GenerationWorker(SimpleWorker):
         thread.start()
 
     def _run(self, runner: GenerationWorker, job: Any, queue: Any, token: str | None) -> None:
+        # The job's coroutine runs on this worker's loop (jobs.generate_reply looks it up).
+        _job_thread.loop = self._loop
         try:
             runner.prepare_execution(job)
             runner.perform_job(job, queue)

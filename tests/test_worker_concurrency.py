@@ -41,7 +41,8 @@ def _run_workers(workers: int, fake_llm: Any) -> int:
     watcher.start()
     threads = [
         threading.Thread(
-            target=lambda: django_rq.get_worker("llm").work(burst=True, with_scheduler=False)
+            target=lambda: django_rq.get_worker("llm").work(burst=True, with_scheduler=False),
+            daemon=True,
         )
         for _ in range(workers)
     ]
