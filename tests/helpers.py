@@ -63,3 +63,17 @@ async def send_message(comm: Any, content: str, client_id: str = "") -> list[dic
     """Send `message.send` and wait for both `message.created` frames: the job is queued then."""
     await comm.send_json_to({"type": "message.send", "content": content, "client_id": client_id})
     return [await comm.receive_json_from(timeout=10) for _ in range(2)]
+
+
+def worker_database_url() -> str:
+    """A DATABASE_URL naming this test run's database, for worker subprocesses."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db.get("USER") or ""
+    if db.get("PASSWORD"):
+        auth += f":{db['PASSWORD']}"
+    host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
+    return f"postgres://{auth}@{host}:{port}/{db['NAME']}"

@@ -9,26 +9,14 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from messages_app.models import Message
 from messages_app.services import message_send
 from tests.fake_llm import Script
+from tests.helpers import worker_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    auth = db.get("USER") or ""
-    if db.get("PASSWORD"):
-        auth += f":{db['PASSWORD']}"
-    return f"postgres://{auth}@{host}:{port}/{db['NAME']}"
 
 
 def test_rqworker_llm_command_streams_and_saves_the_reply(conversation, user, fake_llm):
@@ -37,7 +25,7 @@ def test_rqworker_llm_command_streams_and_saves_the_reply(conversation, user, fa
     env = dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="messageservice.settings",
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=worker_database_url(),
         REDIS_URL=settings.REDIS_URL,
         LLM_SERVICE_URL=fake_llm.base_url,
         ENVIRONMENT="test",

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 
 from llm_app.models import Generation
 from llm_app.reaper import reap_orphans
@@ -22,29 +21,24 @@ from llm_app.token_log import log_key
 from messages_app.models import Message
 from messageservice.redis_clients import sync_redis
 from tests.fake_llm import Script
-from tests.helpers import arun_llm_worker, communicator, deltas_of, receive_until, send_message
+from tests.helpers import (
+    arun_llm_worker,
+    communicator,
+    deltas_of,
+    receive_until,
+    send_message,
+    worker_database_url,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = db.get("USER") or ""
-    if db.get("PASSWORD"):
-        auth += f":{db['PASSWORD']}"
-    return (
-        f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    )
 
 
 def _start_worker_process(fake_llm: Any) -> subprocess.Popen[bytes]:
     env = dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="messageservice.settings",
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=worker_database_url(),
         REDIS_URL=settings.REDIS_URL,
         LLM_SERVICE_URL=fake_llm.base_url,
         ENVIRONMENT="test",
