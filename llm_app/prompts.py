@@ -20,6 +20,7 @@ from messages_app.selectors import branch_messages
 
 _HISTORY_ROLES = {Message.Role.USER, Message.Role.ASSISTANT}
 _HISTORY_STATUSES = {Message.Status.COMPLETED, Message.Status.CANCELLED}
+BYTE_BOUND_COUNTER = "upper bound: UTF-8 bytes (everything fit)"
 # History is counted newest first, a batch at a time, until the budget is spent.
 _BATCH = 16
 
@@ -69,6 +70,22 @@ async def prompt_build(
     """The messages for `reply`; turns are dropped oldest first until everything fits."""
     system = system_text(conversation.character)
     history = await sync_to_async(_history)(conversation, reply)
+    byte_bound = [len(m.content.encode()) + PER_MESSAGE_OVERHEAD for m in history]
+    system_bound = len(system.encode()) + PER_MESSAGE_OVERHEAD
+    if system_bound + sum(byte_bound) <= context_tokens - max_tokens:
+        # A token covers at least one byte, so UTF-8 bytes bound the count from above: when
+        # even the bound fits, everything goes in and no tokenizer needs to be asked. The exact
+        # count comes back from the provider as usage.prompt_tokens.
+        return _prompt(
+            system,
+            [(m, cost) for m, cost in zip(history, byte_bound, strict=True)],
+            history,
+            system_tokens=system_bound,
+            budget=context_tokens - max_tokens - system_bound,
+            context_tokens=context_tokens,
+            max_tokens=max_tokens,
+            counter=BYTE_BOUND_COUNTER,
+        )
     counter = counter_for(provider, model)
     system_count = await counter.count(system)
     system_tokens = system_count.tokens + PER_MESSAGE_OVERHEAD
@@ -91,7 +108,31 @@ async def prompt_build(
         if full:
             break
     chosen.reverse()
+    return _prompt(
+        system,
+        chosen,
+        history,
+        system_tokens=system_tokens,
+        budget=budget,
+        context_tokens=context_tokens,
+        max_tokens=max_tokens,
+        counter=system_count.counter,
+    )
+
+
+def _prompt(
+    system: str,
+    chosen: list[tuple[Message, int]],
+    history: list[Message],
+    *,
+    system_tokens: int,
+    budget: int,
+    context_tokens: int,
+    max_tokens: int,
+    counter: str,
+) -> Prompt:
     kept = {m.pk for m, _ in chosen}
+    used = sum(cost for _, cost in chosen)
     messages = [{"role": "system", "content": system}] + [
         {"role": m.role, "content": m.content} for m, _ in chosen
     ]
@@ -105,7 +146,7 @@ async def prompt_build(
         "budget_tokens": budget,
         "context_tokens": context_tokens,
         "max_tokens": max_tokens,
-        "token_counter": system_count.counter,
+        "token_counter": counter,
         "per_message_overhead": PER_MESSAGE_OVERHEAD,
     }
     return Prompt(messages=messages, manifest=manifest)

@@ -237,6 +237,8 @@ def test_prompt_has_system_prompt_persona_then_greeting_then_history(api, conver
     ]
     generation = Generation.objects.latest("id")
     assert generation.prompt_manifest["message_ids"][-1] == generation.message.parent_id
+    # A short history fits even by its byte count: no tokenizer round trip was needed.
+    assert generation.prompt_manifest["token_counter"].startswith("upper bound: UTF-8 bytes")
 
 
 def test_prompt_is_cut_to_the_budget_oldest_turns_first(
