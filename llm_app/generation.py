@@ -27,7 +27,7 @@ from llm_app.lease import renew_lease
 from llm_app.models import Generation
 from llm_app.prompts import Prompt, prompt_build
 from llm_app.providers import ChatRequest, ProviderError, provider_for
-from llm_app.token_log import log_append, log_read_sync, log_seal
+from llm_app.token_log import group_publisher, log_append, log_read_sync, log_seal
 from messages_app.events import asend_event, checked_event, conversation_group
 from messages_app.models import Message
 from messages_app.serializers import message_data
@@ -240,6 +240,8 @@ async def _stream_once(
     provider = provider_for(provider_name)
     interval = settings.PARTIAL_SAVE_INTERVAL_SECONDS
     every = settings.PARTIAL_SAVE_EVERY_TOKENS
+    # Resolved once per stream: the token loop below is the hottest path of the service.
+    publisher = group_publisher(conversation_group(conversation_id))
     iterator = provider.stream(request).__aiter__()
     try:
         chunk = await _first(iterator, generation)
@@ -262,8 +264,16 @@ async def _stream_once(
                 }
                 # Log first, then fan out (one pipeline): a client that resumes from the log
                 # never misses a delta that was already sent live.
-                fanout = (conversation_group(conversation_id), checked_event(event))
-                if not await log_append(generation.pk, progress.seq, chunk.text, fanout=fanout):
+                if publisher is not None:
+                    await log_append(
+                        generation.pk,
+                        progress.seq,
+                        chunk.text,
+                        publisher=publisher,
+                        event=checked_event(event),
+                    )
+                else:
+                    await log_append(generation.pk, progress.seq, chunk.text)
                     await asend_event(conversation_id, event)
                 now = time.monotonic()
                 due = now - progress.saved_at >= interval

@@ -21,7 +21,7 @@ def log_key(generation_id: int) -> str:
     return f"{settings.SERVICE_NAME}:gen:{generation_id}:tokens"
 
 
-def _group_publisher(group: str) -> tuple[str, Any] | None:
+def group_publisher(group: str) -> tuple[str, Any] | None:
     """(pub/sub channel, serializer) of the Redis pub/sub channel layer for `group`, or None
     for any other layer. Lets a delta's log append and its fan-out share one round trip."""
     layer = get_channel_layer()
@@ -33,16 +33,17 @@ def _group_publisher(group: str) -> tuple[str, Any] | None:
 
 
 async def log_append(
-    generation_id: int, seq: int, text: str, *, fanout: tuple[str, dict[str, Any]] | None = None
-) -> bool:
-    """Append delta `seq`; with `fanout` (group, event), publish the event in the same round trip.
-
-    Returns True when the event was published here, False when the caller must send it.
-    The append always comes first, so a resume never misses a delta that went out live.
-    """
+    generation_id: int,
+    seq: int,
+    text: str,
+    *,
+    publisher: tuple[str, Any] | None = None,
+    event: dict[str, Any] | None = None,
+) -> None:
+    """Append delta `seq`; with a `publisher` (from group_publisher), publish `event` in the
+    same round trip. The append comes first, so a resume never misses a delta sent live."""
     client = async_redis()
     key = log_key(generation_id)
-    publisher = _group_publisher(fanout[0]) if fanout is not None else None
     async with client.pipeline(transaction=False) as pipe:
         pipe.xadd(key, {"t": text}, id=f"{seq}-0")
         if seq == 1:
@@ -50,11 +51,10 @@ async def log_append(
             pipe.expire(
                 key, int(settings.MESSAGE_PROCESSING_TIMEOUT) + settings.TOKEN_LOG_TTL_SECONDS
             )
-        if publisher is not None and fanout is not None:
+        if publisher is not None and event is not None:
             channel, serialize = publisher
-            pipe.publish(channel, serialize(fanout[1]))
+            pipe.publish(channel, serialize(event))
         await pipe.execute()
-    return publisher is not None
 
 
 async def log_seal(generation_id: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +49,24 @@ def fake_llm(fake_llm_server: FakeLLMServer, settings: Any) -> Iterator[FakeLLMS
     settings.DEFAULT_LLM_PROVIDER = "lmstudio"
     yield fake_llm_server
     fake_llm_server.clear()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeLLMServer]:
+    """A fake LLM of the module's own, for the tests of the fake and of the providers."""
+    with FakeLLMServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fresh_server(
+    server: FakeLLMServer, caplog: pytest.LogCaptureFixture
+) -> Iterator[FakeLLMServer]:
+    """`server` with nothing queued, which must handle every fault without logging a warning."""
+    server.clear()
+    caplog.set_level(logging.WARNING)
+    yield server
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import django_rq
@@ -65,8 +66,20 @@ async def send_message(comm: Any, content: str, client_id: str = "") -> list[dic
     return [await comm.receive_json_from(timeout=10) for _ in range(2)]
 
 
-def worker_database_url() -> str:
-    """A DATABASE_URL naming this test run's database, for worker subprocesses."""
+def worker_env(fake_llm: Any, **extra: str) -> dict[str, str]:
+    """Environment for a `manage.py rqworker` subprocess on this test run's database and Redis."""
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="messageservice.settings",
+        DATABASE_URL=_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        LLM_SERVICE_URL=fake_llm.base_url,
+        ENVIRONMENT="test",
+        **extra,
+    )
+
+
+def _database_url() -> str:
     from django.db import connection
 
     db = connection.settings_dict

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import socket
-from collections.abc import Iterator
 
 import anthropic
 import httpx
@@ -13,6 +11,9 @@ import pytest
 from llm_app.providers.anthropic import AnthropicProvider, _status_error, to_anthropic_messages
 from llm_app.providers.base import ChatRequest, ProviderError, StreamChunk
 from tests.fake_llm import FakeLLMServer, Script
+
+# A module-scoped fake (tests/conftest.py) that must handle every fault without a warning.
+pytestmark = pytest.mark.usefixtures("fresh_server")
 
 MESSAGES = [
     {"role": "system", "content": "You are Captain Test."},
@@ -23,23 +24,6 @@ MESSAGES = [
     {"role": "assistant", "content": "Aye."},
     {"role": "user", "content": "Good."},
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def fresh_server(
-    server: FakeLLMServer, caplog: pytest.LogCaptureFixture
-) -> Iterator[FakeLLMServer]:
-    server.clear()
-    caplog.set_level(logging.WARNING)
-    yield server
-    # Faults and client timeouts must be handled quietly by the fake.
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def request(max_tokens: int = 256) -> ChatRequest:

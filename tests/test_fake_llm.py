@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -21,25 +20,11 @@ import pytest
 
 from tests.fake_llm import FakeLLMServer, Script, split_text, tokenize_text
 
+# A module-scoped fake (tests/conftest.py) that must handle every fault without a warning.
+pytestmark = pytest.mark.usefixtures("fresh_server")
+
 MESSAGES: list[Any] = [{"role": "user", "content": "Say something."}]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def fresh_server(
-    server: FakeLLMServer, caplog: pytest.LogCaptureFixture
-) -> Iterator[FakeLLMServer]:
-    server.clear()
-    caplog.set_level(logging.WARNING)
-    yield server
-    # Disconnects, cuts and stalls must be handled quietly by the server.
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 MakeClient = Callable[..., openai.OpenAI]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from messages_app.models import Message
 from messages_app.services import message_send
 from tests.fake_llm import Script
-from tests.helpers import worker_database_url
+from tests.helpers import worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,14 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_rqworker_llm_command_streams_and_saves_the_reply(conversation, user, fake_llm):
     fake_llm.push(Script.from_text("A reply from a real worker process."))
     result = message_send(conversation=conversation, author=user, content="hello worker")
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="messageservice.settings",
-        DATABASE_URL=worker_database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        LLM_SERVICE_URL=fake_llm.base_url,
-        ENVIRONMENT="test",
-    )
+    env = worker_env(fake_llm)
     run = subprocess.run(
         [sys.executable, "manage.py", "rqworker", "llm", "--burst"],
         cwd=ROOT,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from tests.helpers import (
     deltas_of,
     receive_until,
     send_message,
-    worker_database_url,
+    worker_env,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,16 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _start_worker_process(fake_llm: Any) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="messageservice.settings",
-        DATABASE_URL=worker_database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        LLM_SERVICE_URL=fake_llm.base_url,
-        ENVIRONMENT="test",
-        GENERATION_LEASE_SECONDS="2",
-        LLM_RETRY_ATTEMPTS="0",
-    )
+    env = worker_env(fake_llm, GENERATION_LEASE_SECONDS="2", LLM_RETRY_ATTEMPTS="0")
     return subprocess.Popen(
         [sys.executable, "manage.py", "rqworker", "llm"],
         cwd=ROOT,
