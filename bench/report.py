@@ -305,7 +305,7 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
         "## Set-up",
         "",
         "Real processes on 127.0.0.1, as in production: redis-server (no persistence), the fake"
-        " OpenAI-compatible LLM (`python -m tests.fake_llm`, "
+        " OpenAI-compatible LLM (`python -m fake_llm`, "
         f"{meta['options']['tokens']} tokens, first token after"
         f" {meta['options']['first_token_ms']:g} ms, then one every"
         f" {meta['options']['interval_ms']:g} ms), ONE daphne and ONE `manage.py rqworker llm`"

@@ -61,7 +61,7 @@ class Options:
 
 
 def expected_text(tokens: int) -> str:
-    """What the fake LLM streams with --tokens N (tests.fake_llm.Script.numbered)."""
+    """What the fake LLM streams with --tokens N (fake_llm.Script.numbered)."""
     return "".join(f"token{i}" if i == 1 else f" token{i}" for i in range(1, tokens + 1))
 
 

@@ -148,7 +148,7 @@ class Stack:
         self._spawn(
             "fake_llm",
             [
-                sys.executable, "-m", "tests.fake_llm",
+                sys.executable, "-m", "fake_llm",
                 "--host", HOST,
                 "--port", str(self.ports["llm"]),
                 "--tokens", str(cfg.tokens),

@@ -14,10 +14,10 @@ from django.conf import settings
 from django.db import connections
 from rest_framework.test import APIClient
 
+from fake_llm import FakeLLMServer
 from messages_app.models import Character, Conversation
 from messages_app.services import conversation_create
 from tests.factories import CharacterFactory, UserFactory
-from tests.fake_llm import FakeLLMServer
 from tests.helpers import session_headers
 
 

@@ -8,9 +8,9 @@ import anthropic
 import httpx
 import pytest
 
+from fake_llm import FakeLLMServer, Script
 from llm_app.providers.anthropic import AnthropicProvider, _status_error, to_anthropic_messages
 from llm_app.providers.base import ChatRequest, ProviderError, StreamChunk
-from tests.fake_llm import FakeLLMServer, Script
 
 # A module-scoped fake (tests/conftest.py) that must handle every fault without a warning.
 pytestmark = pytest.mark.usefixtures("fresh_server")

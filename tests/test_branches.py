@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from fake_llm import Script
 from messages_app.models import Message
-from tests.fake_llm import Script
 from tests.helpers import llm_jobs, run_llm_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

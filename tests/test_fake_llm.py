@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fake_llm import FakeLLMServer, Script, split_text, tokenize_text
+from fake_llm import FakeLLMServer, Script, split_text, tokenize_text
 
 # A module-scoped fake (tests/conftest.py) that must handle every fault without a warning.
 pytestmark = pytest.mark.usefixtures("fresh_server")
@@ -289,7 +289,7 @@ def test_many_concurrent_streams(server: FakeLLMServer) -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_llm", "--port", "0", "--tokens", "3"],
+        [sys.executable, "-m", "fake_llm", "--port", "0", "--tokens", "3"],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

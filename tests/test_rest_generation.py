@@ -1,7 +1,7 @@
 import pytest
 from django.conf import settings
 
-from tests.fake_llm import Script
+from fake_llm import Script
 from tests.helpers import run_llm_worker
 
 

@@ -8,11 +8,11 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from fake_llm import Script
 from llm_app.models import Generation
 from messages_app.models import Conversation, Message
 from messages_app.services import message_send
 from messageservice.embedded import free_port
-from tests.fake_llm import Script
 from tests.helpers import llm_jobs, run_llm_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)

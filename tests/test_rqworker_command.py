@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from fake_llm import Script
 from messages_app.models import Message
 from messages_app.services import message_send
-from tests.fake_llm import Script
 from tests.helpers import worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,11 +9,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from rest_framework.test import APIClient
 
+from fake_llm import Script
 from llm_app.models import Generation
 from llm_app.token_log import log_key
 from messages_app.models import Message
 from messageservice.redis_clients import sync_redis
-from tests.fake_llm import Script
 from tests.helpers import (
     arun_llm_worker,
     communicator,

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from fake_llm import FakeLLMServer, tokenize_text
 from llm_app import tokens
 from llm_app.tokens import (
     ESTIMATE_COUNTER,
@@ -23,7 +24,6 @@ from llm_app.tokens import (
     server_root,
 )
 from messageservice.embedded import free_port
-from tests.fake_llm import FakeLLMServer, tokenize_text
 
 TEXTS = [
     "Hello there!",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 
+from fake_llm import Script
 from llm_app.models import Generation
 from messages_app.models import Message
-from tests.fake_llm import Script
 from tests.helpers import (
     arun_llm_worker,
     communicator,

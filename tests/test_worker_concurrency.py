@@ -9,10 +9,10 @@ from typing import Any
 import django_rq
 import pytest
 
+from fake_llm import Script
 from llm_app.worker import GenerationWorker
 from messages_app.models import Message
 from messages_app.services import conversation_create, message_send
-from tests.fake_llm import Script
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

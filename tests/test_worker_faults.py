@@ -14,12 +14,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from fake_llm import Script
 from llm_app.models import Generation
 from llm_app.reaper import reap_orphans
 from llm_app.token_log import log_key
 from messages_app.models import Message
 from messageservice.redis_clients import sync_redis
-from tests.fake_llm import Script
 from tests.helpers import (
     arun_llm_worker,
     communicator,

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import re
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -799,7 +798,3 @@ def main(argv: list[str] | None = None) -> int:
         )
     asyncio.run(serve(args.host, args.port, FakeLLMState(default_script, args.model)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
