@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from uuid import UUID
 
 from django.conf import settings
 
+from messages_app.streams import reply_key
 from messageservice.redis_clients import async_redis, sync_redis
 
 logger = logging.getLogger(__name__)
@@ -22,16 +24,16 @@ def _channel() -> str:
     return f"{settings.SERVICE_NAME}:gen-cancel"
 
 
-def _flag(generation_id: int) -> str:
-    return f"{settings.SERVICE_NAME}:gen:{generation_id}:cancel"
+def _flag(stream_key: UUID) -> str:
+    return reply_key(stream_key, "cancel")
 
 
-def cancel_signal(generation_id: int) -> None:
-    """Ask the worker running `generation_id` to stop (sync; from services)."""
+def cancel_signal(stream_key: UUID) -> None:
+    """Ask the worker running the reply with `stream_key` to stop (sync; from services)."""
     ttl = int(settings.MESSAGE_PROCESSING_TIMEOUT) + 60
     with sync_redis().pipeline(transaction=True) as pipe:
-        pipe.set(_flag(generation_id), 1, ex=ttl)
-        pipe.publish(_channel(), str(generation_id))
+        pipe.set(_flag(stream_key), 1, ex=ttl)
+        pipe.publish(_channel(), stream_key.hex)
         pipe.execute()
 
 
@@ -39,22 +41,22 @@ class CancelWatcher:
     """One subscription per event loop; hands out an asyncio.Event per watched generation."""
 
     def __init__(self) -> None:
-        self._events: dict[int, asyncio.Event] = {}
+        self._events: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
-    async def watch(self, generation_id: int) -> asyncio.Event:
+    async def watch(self, stream_key: UUID) -> asyncio.Event:
         if self._task is None or self._task.done():
             self._ready.clear()
             self._task = asyncio.create_task(self._listen())
             await self._ready.wait()
-        event = self._events.setdefault(generation_id, asyncio.Event())
-        if await async_redis().exists(_flag(generation_id)):
+        event = self._events.setdefault(stream_key.hex, asyncio.Event())
+        if await async_redis().exists(_flag(stream_key)):
             event.set()
         return event
 
-    def unwatch(self, generation_id: int) -> None:
-        self._events.pop(generation_id, None)
+    def unwatch(self, stream_key: UUID) -> None:
+        self._events.pop(stream_key.hex, None)
 
     async def _listen(self) -> None:
         pubsub = async_redis().pubsub()
@@ -64,8 +66,8 @@ class CancelWatcher:
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
-                with contextlib.suppress(ValueError):
-                    event = self._events.get(int(message["data"]))
+                with contextlib.suppress(ValueError, AttributeError):
+                    event = self._events.get(message["data"].decode())
                     if event is not None:
                         event.set()
         except Exception:

@@ -10,15 +10,17 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from llm_app.cancel import close_cancel_watcher
-from llm_app.generation import generation_fail_stale, run_generation
+from llm_app.generation import run_generation
 from llm_app.models import Generation
 from llm_app.providers import close_providers
+from llm_app.state import generation_fail_stale
 
 logger = logging.getLogger(__name__)
 
 
-def generate_reply(generation_id: int) -> None:
-    """Stream the reply of one generation to its conversation.
+def generate_reply(generation_id: int, stream_key: str | None = None) -> None:
+    """Stream the reply of one generation to its conversation. `stream_key` is its reply's
+    (jobs queued before it was added carry none).
 
     In the concurrent llm worker the coroutine runs on the worker's shared event loop; in a
     plain RQ work horse it gets a loop of its own.
@@ -27,14 +29,14 @@ def generate_reply(generation_id: int) -> None:
 
     loop = shared_loop()
     if loop is not None:
-        asyncio.run_coroutine_threadsafe(run_generation(generation_id), loop).result()
+        asyncio.run_coroutine_threadsafe(run_generation(generation_id, stream_key), loop).result()
     else:
-        asyncio.run(_generate_and_close(generation_id))
+        asyncio.run(_generate_and_close(generation_id, stream_key))
 
 
-async def _generate_and_close(generation_id: int) -> None:
+async def _generate_and_close(generation_id: int, stream_key: str | None) -> None:
     try:
-        await run_generation(generation_id)
+        await run_generation(generation_id, stream_key)
     finally:
         await close_providers()
         await close_cancel_watcher()

@@ -1,4 +1,7 @@
-"""Writes on generations: create one for a queued reply, and put it on the `llm` queue."""
+"""Writes on generations: create one for a queued reply, and put it on the `llm` queue.
+
+These implement messages_app's ReplyEngine (registered in llm_app.apps).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import django_rq
 from django.conf import settings
 from rq import Callback
 
+from llm_app.cancel import cancel_signal
 from llm_app.models import Generation
-from messages_app.models import Character, Message
+from messages_app.models import Character, Conversation, Message
 from messageservice.redis_clients import sync_redis
 
 
@@ -32,25 +36,29 @@ def generation_settings(character: Character) -> dict[str, Any]:
     }
 
 
-def generation_job_id(message_id: int, attempt: int) -> str:
-    """A job id per attempt, so a dead attempt's job can never settle a later attempt."""
-    return f"reply-{message_id}-{attempt + 1}"
+def generation_job_id(reply: Message, attempt: int) -> str:
+    """A job id per attempt, so a dead attempt's job can never settle a later attempt. Named by
+    the reply's random stream key: database ids repeat across a reset or restored database."""
+    return f"reply-{reply.stream_key.hex}-{attempt + 1}"
 
 
-def generation_create(*, message: Message, config: dict[str, Any]) -> Generation:
+def generation_create(*, message: Message) -> Generation:
     """The generation of a queued assistant `message` (inside the caller's transaction)."""
+    config = generation_settings(message.conversation.character)
     return Generation.objects.create(
-        message=message, job_id=generation_job_id(message.pk, 0), **config
+        message=message, job_id=generation_job_id(message, 0), **config
     )
 
 
 def generation_enqueue(generation: Generation) -> None:
     """Put the generation on queue `llm` as job `generation.job_id`. Call after commit: the job
-    must find the rows."""
+    must find the rows. The job carries the reply's stream key, so a job meeting a database
+    that is not its own (reset, restored, another installation on this Redis) does nothing."""
     queue = django_rq.get_queue("llm", connection=sync_redis())
     queue.enqueue(
         "llm_app.jobs.generate_reply",
         generation.pk,
+        generation.message.stream_key.hex,
         job_id=generation.job_id,
         job_timeout=int(settings.MESSAGE_PROCESSING_TIMEOUT) + 30,
         result_ttl=600,
@@ -61,6 +69,22 @@ def generation_enqueue(generation: Generation) -> None:
 
 def generation_requeue(generation: Generation) -> None:
     """Queue a generation again as its next attempt, with a job id of its own."""
-    generation.job_id = generation_job_id(generation.message_id, generation.attempt)
+    generation.job_id = generation_job_id(generation.message, generation.attempt)
     Generation.objects.filter(pk=generation.pk).update(job_id=generation.job_id)
     generation_enqueue(generation)
+
+
+class LLMReplyEngine:
+    """messages_app's ReplyEngine: generations on queue `llm`, stopped through llm_app.cancel."""
+
+    def model_for(self, conversation: Conversation) -> str:
+        return str(generation_settings(conversation.character)["model"])
+
+    def prepare(self, reply: Message) -> int:
+        return generation_create(message=reply).pk
+
+    def start(self, reply: Message) -> None:
+        generation_enqueue(reply.generation)
+
+    def cancel(self, reply: Message) -> None:
+        cancel_signal(reply.stream_key)

@@ -67,7 +67,8 @@ TOKENIZE_TIMEOUT_SECONDS = 2.0
 # Long enough that a server without /tokenize costs one failed request per packing burst, short
 # enough that swapping in a server that has it is noticed without a restart.
 UNSUPPORTED_SERVER_TTL_SECONDS = 600.0
-MAX_CONCURRENT_REQUESTS = 8
+# How many /tokenize requests one packing sends at once.
+TOKENIZE_CONCURRENCY = 8
 # How long a count waits for tiktoken's first load; its download has no timeout of its own, so
 # past this the caller gets the estimate while the load carries on in the background.
 TIKTOKEN_LOAD_WAIT_SECONDS = 5.0
@@ -314,7 +315,7 @@ class TokenCounter:
     async def count_many(self, texts: list[str]) -> list[TokenCount]:
         """Tokens in each text, in order, all from the same counter.
 
-        /tokenize requests run concurrently, at most MAX_CONCURRENT_REQUESTS at a time. If any
+        /tokenize requests run concurrently, at most TOKENIZE_CONCURRENCY at a time. If any
         of them fails, every text is estimated: a mix of counters would not add up.
         """
         if not texts:
@@ -336,7 +337,7 @@ class TokenCounter:
                 if self._http is not None:
                     counts = await self._tokenize_all(self._http, root, missing)
                 else:
-                    limits = httpx.Limits(max_connections=MAX_CONCURRENT_REQUESTS)
+                    limits = httpx.Limits(max_connections=TOKENIZE_CONCURRENCY)
                     async with httpx.AsyncClient(limits=limits) as http:
                         counts = await self._tokenize_all(http, root, missing)
             except _TokenizeFailed:
@@ -347,7 +348,7 @@ class TokenCounter:
     async def _tokenize_all(
         self, http: httpx.AsyncClient, root: str, texts: list[str]
     ) -> list[int]:
-        semaphore = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        semaphore = asyncio.Semaphore(TOKENIZE_CONCURRENCY)
         failed = False
 
         async def one(text: str) -> int:

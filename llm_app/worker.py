@@ -9,7 +9,12 @@ seed's `python manage.py rqworker llm` picks it up with no flags), keeps RQ's qu
   connection pools are made once per process, not once per job;
 - takes a job off the queue only when it also holds one of MAX_CONCURRENT_LLM_REQUESTS global
   slots (a Redis sorted set of leases), so what exceeds the global cap waits in the queue;
-- reaps generations whose worker died (SIGKILL, OOM): see llm_app.reaper.
+- keeps going through a Redis outage: its own Redis calls (slot waits, heartbeats, suspension
+  checks) log and retry instead of ending the process;
+- runs a keeper thread that renews the slot leases of running jobs and reaps generations whose
+  worker died (llm_app.reaper) every REAPER_INTERVAL_SECONDS, even while idle in a dequeue.
+  As every rqworker of the service uses this class, orphans are settled even when no llm
+  worker runs.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import time
 import uuid
 from typing import Any
 
+import redis
 from django.conf import settings
+from django.db import connections
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
@@ -66,13 +73,15 @@ return 0
 
 
 class GlobalSlots:
-    """A cluster-wide counting semaphore in Redis with leases, so a dead worker frees its slots."""
+    """A cluster-wide counting semaphore in Redis with leases, so a dead worker frees its slots.
 
-    lease_seconds = 60
+    A slot's lease is GENERATION_LEASE_SECONDS, like a generation's: both say "my worker lives".
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.key = f"{settings.SERVICE_NAME}:llm-slots"
+        self.lease_seconds = settings.GENERATION_LEASE_SECONDS
         self._acquire = sync_redis().register_script(_ACQUIRE)
 
     def try_acquire(self) -> str | None:
@@ -89,11 +98,6 @@ class GlobalSlots:
 
     def release(self, token: str) -> None:
         sync_redis().zrem(self.key, token)
-
-    def in_use(self) -> int:
-        client = sync_redis()
-        client.zremrangebyscore(self.key, "-inf", time.time())
-        return int(client.zcard(self.key))  # type: ignore[arg-type]
 
 
 class GenerationWorker(SimpleWorker):
@@ -117,14 +121,19 @@ class GenerationWorker(SimpleWorker):
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._keeper_stop = threading.Event()
 
     # --- the work loop ---------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
         loop, thread = _start_loop()
         self._loop = loop
+        self._keeper_stop.clear()
+        keeper = threading.Thread(target=self._keep, name="worker-keeper", daemon=True)
+        keeper.start()
         try:
             return bool(super().work(*args, **kwargs))
         finally:
+            self._keeper_stop.set()
             self._wait_for_jobs()
             asyncio.run_coroutine_threadsafe(_close_loop_resources(), loop).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)
@@ -140,31 +149,72 @@ class GenerationWorker(SimpleWorker):
                 thread.join(timeout=1)
                 self.heartbeat()
 
+    def _keep(self) -> None:
+        """The keeper thread: renew running jobs' slot leases, and reap orphans."""
+        from llm_app.reaper import reap_orphans
+
+        interval = max(0.5, settings.REAPER_INTERVAL_SECONDS)
+        renew_every = max(0.5, min(interval, settings.GENERATION_LEASE_SECONDS / 3))
+        next_reap = time.monotonic()
+        while not self._keeper_stop.wait(renew_every if next_reap > time.monotonic() else 0):
+            try:
+                self._renew_slots()
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + interval
+                    reap_orphans()
+            except redis.RedisError as exc:
+                logger.warning("worker keeper: Redis unavailable (%s); retrying", exc)
+            except Exception:
+                logger.exception("worker keeper: reaping orphaned generations failed")
+            finally:
+                connections.close_all()
+
     def _wait_for_slot(self) -> bool:
-        """Hold one local and one global slot; False if a stop was requested meanwhile."""
+        """Hold one local and one global slot; False if a stop was requested meanwhile.
+
+        Redis errors while waiting (an outage) are waited out here, not raised: RQ would end the
+        worker on them."""
         while not self._local.acquire(timeout=1):
-            self._renew()
+            self.heartbeat()
             if self._stop_requested:
                 return False
         if self._global is None:
             return True
         while True:
-            token = self._global.try_acquire()
+            try:
+                token = self._global.try_acquire()
+            except redis.RedisError as exc:
+                logger.warning("waiting for an LLM slot: Redis unavailable (%s)", exc)
+                token = None
+                time.sleep(1.0)
             if token is not None:
                 self._held = token
                 return True
-            self._renew()
+            self.heartbeat()
             if self._stop_requested:
                 self._local.release()
                 return False
             time.sleep(0.05)
 
-    def _renew(self) -> None:
-        self.heartbeat()
+    def _renew_slots(self) -> None:
         with self._lock:
             tokens = list(self._tokens.values())
         if self._global is not None:
             self._global.renew(tokens)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        # RQ calls this outside its Redis-retry paths; an outage must not end the worker.
+        try:
+            super().heartbeat(*args, **kwargs)
+        except redis.RedisError as exc:
+            logger.warning("worker heartbeat: Redis unavailable (%s)", exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except redis.ConnectionError as exc:
+            logger.warning("suspension check: Redis unavailable (%s)", exc)
+            time.sleep(1.0)
 
     def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
         if not self._wait_for_slot():
@@ -229,10 +279,7 @@ class GenerationWorker(SimpleWorker):
             super()._install_signal_handlers()
 
     def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
-        from llm_app.reaper import reap_orphans
-
         try:
-            reap_orphans()
-        except Exception:
-            logger.exception("reaping orphaned generations failed")
+            super().run_maintenance_tasks()
+        except redis.RedisError as exc:
+            logger.warning("worker maintenance: Redis unavailable (%s)", exc)

@@ -114,6 +114,9 @@ class ConversationViewSet(
             )
         return Response(ConversationSerializer(conversation).data)
 
+    def perform_destroy(self, instance: Conversation) -> None:
+        services.conversation_delete(conversation=instance)
+
 
 def _encode_cursor(message_id: int) -> str:
     return base64.urlsafe_b64encode(f"b:{message_id}".encode()).decode()
@@ -220,11 +223,11 @@ class MessageRegenerateApi(APIView):
     @extend_schema(request=None, responses={202: RegenerateResultSerializer})
     def post(self, request: Request, message_id: int) -> Response:
         message = selectors.message_get(user=request.user, message_id=message_id)
-        assistant, generation = services.message_regenerate(message=message)
+        assistant, generation_id = services.message_regenerate(message=message)
         return Response(
             {
                 "assistant_message": MessageSerializer(assistant).data,
-                "generation_id": generation.pk,
+                "generation_id": generation_id,
             },
             status=status.HTTP_202_ACCEPTED,
         )
@@ -239,10 +242,10 @@ class GenerationCancelApi(APIView):
 
     @extend_schema(request=None, responses={202: CancelResultSerializer})
     def post(self, request: Request, generation_id: int) -> Response:
-        generation = selectors.generation_get(user=request.user, generation_id=generation_id)
-        message = services.generation_cancel(generation=generation)
+        reply = selectors.reply_get(user=request.user, generation_id=generation_id)
+        message = services.reply_cancel(reply=reply)
         return Response(
-            {"generation_id": generation.pk, "message": MessageSerializer(message).data},
+            {"generation_id": generation_id, "message": MessageSerializer(message).data},
             status=status.HTTP_202_ACCEPTED,
         )
 
@@ -251,7 +254,7 @@ def _send_body(result: services.SendResult) -> dict[str, Any]:
     return {
         "user_message": MessageSerializer(result.user_message).data,
         "assistant_message": MessageSerializer(result.assistant_message).data,
-        "generation_id": result.generation.pk,
+        "generation_id": result.generation_id,
     }
 
 

@@ -12,17 +12,18 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from uuid import UUID
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from llm_app.token_log import log_last_seq, log_read_after
-from messages_app import selectors, services
+from accounts_app.events import account_group
+from messages_app import events, selectors, services
+from messages_app.broadcast import conversation_group
 from messages_app.errors import InvalidInput, NotFound, ServiceError
-from messages_app.events import conversation_group
-from messages_app.models import Conversation
-from messages_app.serializers import message_data
+from messages_app.models import Conversation, Message
+from messages_app.streams import log_last_seq, log_read_after
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 MAX_FRAME_BYTES = 64 * 1024
-_TERMINAL = {"generation.completed", "generation.failed", "generation.cancelled"}
 
 
 def _positive_int(frame: dict[str, Any], key: str, *, default: int | None = None) -> int:
@@ -43,16 +43,21 @@ def _positive_int(frame: dict[str, Any], key: str, *, default: int | None = None
 class ConversationConsumer(AsyncJsonWebsocketConsumer):
     conversation: Conversation
     group: str = ""
+    user_group: str = ""
 
     async def connect(self) -> None:
         self.sent: dict[int, int] = {}  # generation id -> last seq this client was sent
         self.ended: set[int] = set()  # generations whose terminal event this client got
+        self.stream_keys: dict[int, UUID] = {}  # generation id -> its reply's token log
         user = self.scope.get("user")
         await self.accept()
         if user is None or not user.is_authenticated:
             await self._error("not_authenticated", "Log in or use a websocket ticket.")
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
+        # Deactivating or deleting the user closes this socket (account_revoked).
+        self.user_group = account_group(user.pk)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         try:
             conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
             self.conversation = await database_sync_to_async(selectors.conversation_get)(
@@ -62,7 +67,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self._error("not_found", "No such conversation.")
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.group = conversation_group(self.conversation.pk)
+        self.group = conversation_group(self.conversation)
         await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -80,6 +85,16 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.user_group:
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
+
+    async def account_revoked(self, event: dict[str, Any]) -> None:
+        """The user was deactivated or deleted: say so, then close as unauthenticated."""
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = ""  # frames that still arrive are not handled
+        await self._error("not_authenticated", "This account is no longer active.")
+        await self.close(code=CLOSE_UNAUTHORIZED)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.group:
@@ -104,13 +119,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         try:
             await handler(self, frame)
         except ServiceError as exc:
-            await self.send_json({"type": "error", "error": exc.as_dict()["error"]})
+            body = exc.as_dict()["error"]
+            await self.send_json(events.error(exc.code, exc.message, body.get("details")))
         except Exception:
             logger.exception("websocket frame %s failed", frame["type"])
             await self._error("internal_error", "The frame could not be handled.")
 
     async def _error(self, code: str, message: str) -> None:
-        await self.send_json({"type": "error", "error": {"code": code, "message": message}})
+        await self.send_json(events.error(code, message))
 
     # --- client frames --------------------------------------------------------------------
     async def _message_send(self, frame: dict[str, Any]) -> None:
@@ -123,42 +139,40 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if not result.created:
             # A repeat: the first send was already announced; tell this client again only.
             for message in (result.user_message, result.assistant_message):
-                await self.send_json(
-                    {
-                        "type": "message.created",
-                        "message": await database_sync_to_async(message_data)(message),
-                        "client_id": result.user_message.client_id,
-                    }
+                event = await database_sync_to_async(events.message_created)(
+                    message, siblings=None, client_id=result.user_message.client_id
                 )
+                await self.send_json(event)
 
     async def _generation_cancel(self, frame: dict[str, Any]) -> None:
         generation_id = _positive_int(frame, "generation_id")
-        generation = await database_sync_to_async(selectors.generation_get)(
+        reply = await database_sync_to_async(selectors.reply_get)(
             user=self.scope["user"], generation_id=generation_id
         )
-        await database_sync_to_async(services.generation_cancel)(generation=generation)
+        await database_sync_to_async(services.reply_cancel)(reply=reply)
 
     async def _stream_resume(self, frame: dict[str, Any]) -> None:
         """Replay the deltas after `after_seq`, then follow the generation live."""
         generation_id = _positive_int(frame, "generation_id")
         after_seq = _positive_int(frame, "after_seq", default=0)
-        generation = await database_sync_to_async(selectors.generation_get)(
+        reply = await database_sync_to_async(selectors.reply_get)(
             user=self.scope["user"], generation_id=generation_id
         )
-        if generation.message.conversation_id != self.conversation.pk:
+        if reply.conversation_id != self.conversation.pk:
             raise NotFound("No such generation in this conversation.")
-        last = await log_last_seq(generation_id)
+        self.stream_keys[generation_id] = reply.stream_key
+        last = await log_last_seq(reply.stream_key)
         # Beyond the end: nothing to replay, and the live deltas that follow still arrive.
         self.sent[generation_id] = min(after_seq, last if last is not None else after_seq)
         self.ended.discard(generation_id)
         await self._fill(generation_id, upto=None)
-        message = await database_sync_to_async(selectors.message_fresh)(generation.message_id)
+        message = await database_sync_to_async(selectors.message_fresh)(reply.pk)
         if message.is_terminal:
             await self._fill(generation_id, upto=message.stream_seq)
             await self._send_end(generation_id, message)
 
     async def _ping(self, frame: dict[str, Any]) -> None:
-        await self.send_json({"type": "pong"})
+        await self.send_json(events.pong())
 
     _handlers = {
         "message.send": _message_send,
@@ -172,25 +186,26 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         sent = self.sent.get(generation_id, 0)
         if upto is not None and upto <= sent:
             return
-        entries = await log_read_after(generation_id, sent, upto)
+        stream_key = self.stream_keys.get(generation_id)
+        if stream_key is None:
+            stream_key = await database_sync_to_async(selectors.reply_stream_key)(
+                conversation_id=self.conversation.pk, generation_id=generation_id
+            )
+            if stream_key is None:
+                return
+            self.stream_keys[generation_id] = stream_key
+        entries = await log_read_after(stream_key, sent, upto)
         for seq, text in entries or []:
             await self.send_json(
-                {
-                    "type": "generation.delta",
-                    "generation_id": generation_id,
-                    "seq": seq,
-                    "text": text,
-                }
+                events.generation_delta(generation_id=generation_id, seq=seq, text=text)
             )
             self.sent[generation_id] = seq
 
-    async def _send_end(self, generation_id: int, message: Any) -> None:
-        from llm_app.generation import end_event
-
+    async def _send_end(self, generation_id: int, message: Message) -> None:
         if generation_id in self.ended:
             return
         self.ended.add(generation_id)
-        await self.send_json(await database_sync_to_async(end_event)(generation_id, message))
+        await self.send_json(await database_sync_to_async(events.generation_ended)(message))
 
     # --- group events ---------------------------------------------------------------------
     async def forward(self, event: dict[str, Any]) -> None:
@@ -237,3 +252,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     generation_retrying = forward
     safety_flagged = forward
     rate_limited = forward
+
+    async def conversation_deleted(self, event: dict[str, Any]) -> None:
+        await self.send_json(event)
+        await self.close(code=CLOSE_NOT_FOUND)

@@ -88,6 +88,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, drf_exceptions.ValidationError):
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         message = "The request is not valid."
+    elif isinstance(exc.detail, dict) and "detail" in exc.detail:
+        # simplejwt's errors: {"detail": ..., "code": "token_not_valid" | "user_inactive" | ...}.
+        details = {"reason": drf_exceptions.ErrorDetail(str(exc.detail.get("code", "")))}
+        message = str(exc.detail["detail"])
     else:
         details = {}
         message = str(exc.detail)

@@ -1,58 +1,103 @@
-"""The one way real-time events leave the service: to a conversation's channel-layer group.
+"""The catalogue of server events: every frame the service sends to clients is built here.
 
-An event dict is the websocket frame itself; its dotted `type` also names the consumer handler.
+An event is the websocket frame itself; its dotted `type` also names the consumer handler that
+forwards it (`generation.delta` -> `generation_delta`). The shapes are the contract in
+docs/api.md. Sending is messages_app.broadcast's job; this module only builds.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-from django.conf import settings
-from django.db import transaction
+from messages_app.models import Message
+from messages_app.serializers import message_data
 
-logger = logging.getLogger(__name__)
+Event = dict[str, Any]
 
-
-def conversation_group(conversation_id: int) -> str:
-    return f"conversation.{conversation_id}"
+TERMINAL_TYPES = frozenset({"generation.completed", "generation.failed", "generation.cancelled"})
 
 
-def checked_event(event: dict[str, Any]) -> dict[str, Any]:
-    # Tests turn this on so that a payload that cannot cross the wire fails where it is made.
-    if getattr(settings, "EVENTS_JSON_ROUNDTRIP", False):
-        return dict(json.loads(json.dumps(event)))
+def message_created(message: Message, *, siblings: list[int] | None, client_id: str) -> Event:
+    return {
+        "type": "message.created",
+        "message": message_data(message, siblings),
+        "client_id": client_id,
+    }
+
+
+def generation_started(*, generation_id: int, message_id: int, attempt: int) -> Event:
+    return {
+        "type": "generation.started",
+        "generation_id": generation_id,
+        "message_id": message_id,
+        "attempt": attempt,
+    }
+
+
+def generation_delta(*, generation_id: int, seq: int, text: str) -> Event:
+    return {"type": "generation.delta", "generation_id": generation_id, "seq": seq, "text": text}
+
+
+def generation_heartbeat(*, generation_id: int, waiting_ms: int) -> Event:
+    return {
+        "type": "generation.heartbeat",
+        "generation_id": generation_id,
+        "waiting_ms": waiting_ms,
+    }
+
+
+def generation_retrying(
+    *, generation_id: int, attempt: int, code: str, message: str, provider: str | None = None
+) -> Event:
+    event: Event = {
+        "type": "generation.retrying",
+        "generation_id": generation_id,
+        "attempt": attempt,
+        "error": {"code": code, "message": message},
+    }
+    if provider is not None:
+        event["provider"] = provider
     return event
 
 
-async def asend_event(conversation_id: int, event: dict[str, Any]) -> None:
-    """Send now, from async code (the generation loop). Only call after the data is committed."""
-    layer = get_channel_layer()
-    assert layer is not None
-    await layer.group_send(conversation_group(conversation_id), checked_event(event))
+def generation_ended(message: Message, *, code: str = "", text: str = "") -> Event:
+    """The terminal event of a finished reply, as sent live and to a late `stream.resume`.
 
-
-def send_event(conversation_id: int, *events: dict[str, Any]) -> None:
-    """Send now, in order, from sync code (one hop to the event loop for all of them).
-
-    A channel-layer failure is logged, not raised: the data is saved already.
+    `message` has its generation loaded (select_related("generation")); a failure without an
+    explicit `code` reports the one saved with the generation.
     """
+    generation = getattr(message, "generation", None)
+    generation_id = generation.pk if generation is not None else None
+    data = message_data(message)
+    if message.status == Message.Status.COMPLETED:
+        return {"type": "generation.completed", "generation_id": generation_id, "message": data}
+    if message.status == Message.Status.CANCELLED:
+        return {"type": "generation.cancelled", "generation_id": generation_id, "message": data}
+    code = code or (generation.error_code if generation is not None else "") or message.status
+    text = (
+        text
+        or (generation.error_message if generation is not None else "")
+        or ("The reply failed.")
+    )
+    return {
+        "type": "generation.failed",
+        "generation_id": generation_id,
+        "message_id": message.pk,
+        "message": data,
+        "error": {"code": code, "message": text},
+    }
 
-    async def send_all() -> None:
-        for event in events:
-            await asend_event(conversation_id, event)
 
-    try:
-        async_to_sync(send_all)()
-    except Exception:
-        logger.exception(
-            "could not announce %s to conversation %s", events[0]["type"], conversation_id
-        )
+def conversation_deleted(*, conversation_id: int) -> Event:
+    return {"type": "conversation.deleted", "conversation_id": conversation_id}
 
 
-def send_event_on_commit(conversation_id: int, event: dict[str, Any]) -> None:
-    """Announce once the surrounding transaction commits, so no client sees unsaved data."""
-    transaction.on_commit(lambda: send_event(conversation_id, event))
+def error(code: str, message: str, details: dict[str, Any] | None = None) -> Event:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return {"type": "error", "error": body}
+
+
+def pong() -> Event:
+    return {"type": "pong"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -56,6 +58,9 @@ class Conversation(models.Model):
     active_leaf = models.ForeignKey(
         "Message", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # Names the conversation's channel-layer group. Random, not the id: ids start again at 1 in
+    # a reset or restored database, and installations may share one Redis.
+    channel_key = models.UUIDField(default=uuid.uuid4, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     last_activity_at = models.DateTimeField(auto_now_add=True, db_index=False)
 
@@ -69,11 +74,6 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
-
-    @property
-    def group_name(self) -> str:
-        """The channel-layer group every client of this conversation listens on."""
-        return f"conversation.{self.pk}"
 
 
 class Message(models.Model):
@@ -121,6 +121,9 @@ class Message(models.Model):
     total_ms = models.PositiveIntegerField(null=True, blank=True)
     # The reply's content is exactly the deltas 1..stream_seq of its generation's token log.
     stream_seq = models.PositiveIntegerField(default=0)
+    # Names every Redis key of the reply (token log, lease, cancel flag, job). Random, not the
+    # id, for the same reason as Conversation.channel_key.
+    stream_key = models.UUIDField(default=uuid.uuid4, editable=False)
     safety_flagged = models.BooleanField(default=False)
     safety_categories = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

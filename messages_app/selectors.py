@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from django.db import connection
 from django.db.models import Q, QuerySet
 
-from llm_app.models import Generation
 from messages_app.errors import NotFound
 from messages_app.models import Character, Conversation, Message
 
@@ -114,16 +114,27 @@ def branch_page(
     return messages, messages[0].pk if older is not None else None
 
 
-def generation_get(*, user: Any, generation_id: int) -> Generation:
-    """The user's own generation; another user's is as unknown as a missing one (404)."""
-    generation = (
-        Generation.objects.select_related("message", "message__conversation")
-        .filter(pk=generation_id, message__conversation__owner=user)
+def reply_get(*, user: Any, generation_id: int) -> Message:
+    """The reply that generation `generation_id` fills, if it is the user's own; another
+    user's is as unknown as a missing one (404)."""
+    reply = (
+        Message.objects.select_related("conversation", "generation")
+        .filter(generation__pk=generation_id, conversation__owner=user)
         .first()
     )
-    if generation is None:
+    if reply is None:
         raise NotFound("No such generation.")
-    return generation
+    return reply
+
+
+def reply_stream_key(*, conversation_id: int, generation_id: int) -> UUID | None:
+    """The token-log key of generation `generation_id`'s reply in this conversation."""
+    key: UUID | None = (
+        Message.objects.filter(generation__pk=generation_id, conversation_id=conversation_id)
+        .values_list("stream_key", flat=True)
+        .first()
+    )
+    return key
 
 
 def message_fresh(message_id: int) -> Message:

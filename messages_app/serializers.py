@@ -69,43 +69,41 @@ class MessageSerializer(serializers.ModelSerializer[Message]):
         ]
         read_only_fields = fields
 
+    def to_representation(self, instance: Message) -> dict[str, Any]:
+        # One payload for REST and the events: the fields above only describe it for OpenAPI.
+        known = self.context.get("siblings")
+        return message_data(instance, known.get(instance.pk) if known else None)
+
     @extend_schema_field(UsageSerializer)
-    def get_usage(self, obj: Message) -> dict[str, int | None]:
-        return {"prompt_tokens": obj.prompt_tokens, "completion_tokens": obj.completion_tokens}
+    def get_usage(self, obj: Message) -> dict[str, int | None]:  # schema only
+        raise NotImplementedError
 
     @extend_schema_field(TimingsSerializer)
-    def get_timings(self, obj: Message) -> dict[str, int | None]:
-        return {"queued_ms": obj.queued_ms, "ttft_ms": obj.ttft_ms, "total_ms": obj.total_ms}
+    def get_timings(self, obj: Message) -> dict[str, int | None]:  # schema only
+        raise NotImplementedError
 
     @extend_schema_field(SafetySerializer)
-    def get_safety(self, obj: Message) -> dict[str, Any]:
-        return {"flagged": obj.safety_flagged, "categories": list(obj.safety_categories)}
+    def get_safety(self, obj: Message) -> dict[str, Any]:  # schema only
+        raise NotImplementedError
 
     @extend_schema_field(SiblingsSerializer)
-    def get_siblings(self, obj: Message) -> dict[str, Any]:
-        """This message among its alternatives (same parent): "position of total"."""
-        known = self.context.get("siblings")
-        ids = known.get(obj.pk) if known else None
-        if ids is None:
-            from messages_app.selectors import siblings_of
-
-            ids = siblings_of([obj])[obj.pk]
-        return {"ids": ids, "position": ids.index(obj.pk) + 1, "total": len(ids)}
+    def get_siblings(self, obj: Message) -> dict[str, Any]:  # schema only
+        raise NotImplementedError
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
-    def get_generation_id(self, obj: Message) -> int | None:
-        if obj.role != Message.Role.ASSISTANT:
-            return None
-        generation = getattr(obj, "generation", None)
-        return generation.pk if generation is not None else None
+    def get_generation_id(self, obj: Message) -> int | None:  # schema only
+        raise NotImplementedError
 
 
 _DATETIME = serializers.DateTimeField()
 
 
 def message_data(message: Message, siblings: list[int] | None = None) -> dict[str, Any]:
-    """The message as clients see it: what MessageSerializer renders (a test holds them equal),
-    built directly because events are on the hot path. `siblings` saves its query."""
+    """The message as clients see it, over REST (MessageSerializer) and in every event.
+
+    Built without DRF's field machinery because events are on the hot path; a test holds its
+    keys equal to MessageSerializer's declared fields, which document it in OpenAPI.
+    `siblings` (the ids of the message and its siblings, oldest first) saves a query."""
     if siblings is None:
         from messages_app.selectors import siblings_of
 

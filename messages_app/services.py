@@ -9,28 +9,42 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from llm_app.cancel import cancel_signal
-from llm_app.models import Generation
-from llm_app.services import generation_create, generation_enqueue, generation_settings
+from messages_app import events
+from messages_app.broadcast import send_event
 from messages_app.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
-from messages_app.events import send_event
 from messages_app.models import Character, Conversation, Feedback, Message
+from messages_app.replies import ReplyEnd, reply_end, reply_engine
 from messages_app.selectors import branch_leaf_under, siblings_of
-from messages_app.serializers import message_data
 
 
 @dataclass(frozen=True)
 class SendResult:
     user_message: Message
     assistant_message: Message
-    generation: Generation
+    generation_id: int
     created: bool
 
 
+def _storable(text: str) -> bool:
+    """False for text a database cannot store: U+0000 (PostgreSQL) or a lone surrogate (any)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_message_content(content: Any) -> str:
-    """Content a user may send: a non-blank string of at most MAX_MESSAGE_CHARS characters."""
+    """Content a user may send: a non-blank string of at most MAX_MESSAGE_CHARS characters,
+    without U+0000 or lone surrogates."""
     if not isinstance(content, str) or not content.strip():
         raise InvalidInput("Message content must not be empty.", code="empty_content")
+    if not _storable(content):
+        raise InvalidInput(
+            "Message content must not contain U+0000 or unpaired surrogates.", code="bad_request"
+        )
     if len(content) > settings.MAX_MESSAGE_CHARS:
         raise TooLarge(
             f"Message content is longer than {settings.MAX_MESSAGE_CHARS} characters.",
@@ -79,7 +93,23 @@ def _existing_send(conversation: Conversation, client_id: str) -> SendResult | N
         .first()
     )
     assert assistant is not None, "a user message is always saved with its reply"
-    return SendResult(user_message, assistant, assistant.generation, created=False)
+    return SendResult(user_message, assistant, assistant.generation.pk, created=False)
+
+
+def _lock_conversation(conversation: Conversation) -> Conversation:
+    """Inside a transaction: lock the conversation's row and read its active leaf afresh.
+
+    Sends on one conversation are serialised here, so concurrent sends each answer the reply of
+    the one before, in the order they arrive. NotFound if the conversation was deleted."""
+    locked = (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("character")
+        .filter(pk=conversation.pk)
+        .first()
+    )
+    if locked is None:
+        raise NotFound("No such conversation.")
+    return locked
 
 
 def message_send(
@@ -90,85 +120,88 @@ def message_send(
     client_id: Any = "",
     parent_id: int | None = None,
 ) -> SendResult:
-    """Store a user message and its queued reply, enqueue the generation, announce both.
+    """Store a user message and its queued reply, start the generation, announce both.
 
-    Idempotent on `client_id`: a repeat returns the first result and creates nothing. If the
-    queue cannot take the job, both messages are removed again and `Unavailable` is raised,
-    so no message ever exists without a job behind it.
+    Without `parent_id` the message answers the conversation's active leaf, read under the
+    conversation's row lock. Idempotent on `client_id`: a repeat returns the first result and
+    creates nothing. If the queue cannot take the job, both messages are removed again and
+    `Unavailable` is raised, so no message ever exists without a job behind it.
     """
     content = check_message_content(content)
     client_id = check_client_id(client_id)
     if client_id and (existing := _existing_send(conversation, client_id)):
         return existing
 
-    if parent_id is not None:
-        parent = Message.objects.filter(pk=parent_id, conversation=conversation).first()
-        if parent is None:
-            raise NotFound("No such parent message in this conversation.")
-        if parent.role == Message.Role.USER:
-            raise InvalidInput("A message cannot answer a user message.", code="bad_parent")
-    else:
-        parent = conversation.active_leaf
-
     try:
         with transaction.atomic():
+            locked = _lock_conversation(conversation)
+            if parent_id is not None:
+                parent = Message.objects.filter(pk=parent_id, conversation=locked).first()
+                if parent is None:
+                    raise NotFound("No such parent message in this conversation.")
+                if parent.role == Message.Role.USER:
+                    raise InvalidInput("A message cannot answer a user message.", code="bad_parent")
+                depth = parent.depth + 1
+            else:
+                depth = _depth_of(locked.active_leaf_id)
             user_message = Message.objects.create(
-                conversation=conversation,
-                parent=parent,
-                depth=parent.depth + 1 if parent is not None else 0,
+                conversation=locked,
+                parent_id=parent_id if parent_id is not None else locked.active_leaf_id,
+                depth=depth,
                 role=Message.Role.USER,
                 author=author,
                 content=content,
                 client_id=client_id,
             )
-            assistant, generation = _queue_reply(
-                conversation, user_message, announce=[user_message]
-            )
+            assistant, generation_id = _queue_reply(locked, user_message, announce=[user_message])
     except IntegrityError:
         # A concurrent request with the same client_id won the race; answer with its result.
         if client_id and (existing := _existing_send(conversation, client_id)):
             return existing
         raise
-    return SendResult(user_message, assistant, generation, created=True)
+    conversation.active_leaf_id = locked.active_leaf_id
+    return SendResult(user_message, assistant, generation_id, created=True)
+
+
+def _depth_of(message_id: int | None) -> int:
+    if message_id is None:
+        return 0
+    depth = Message.objects.filter(pk=message_id).values_list("depth", flat=True).first()
+    return 0 if depth is None else depth + 1
 
 
 def _queue_reply(
     conversation: Conversation, user_message: Message, *, announce: list[Message]
-) -> tuple[Message, Generation]:
+) -> tuple[Message, int]:
     """Inside a transaction: a queued reply to `user_message`, made the active leaf, with its
-    generation enqueued after commit. `announce` are the other new messages of this change:
+    generation started after commit. `announce` are the other new messages of this change:
     if the queue fails they are deleted with the reply (nothing half-saved) and Unavailable
     is raised; otherwise they are announced with the reply."""
-    config = generation_settings(conversation.character)
+    engine = reply_engine()
     assistant = Message.objects.create(
         conversation=conversation,
         parent=user_message,
         depth=user_message.depth + 1,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
-        model=config["model"],
+        model=engine.model_for(conversation),
     )
-    generation = generation_create(message=assistant, config=config)
+    generation_id = engine.prepare(assistant)
     previous_leaf = conversation.active_leaf_id
     Conversation.objects.filter(pk=conversation.pk).update(
         active_leaf=assistant, last_activity_at=timezone.now()
     )
     conversation.active_leaf = assistant
     created = [*announce, assistant]
-    transaction.on_commit(
-        lambda: _enqueue_and_announce(conversation, created, generation, previous_leaf)
-    )
-    return assistant, generation
+    transaction.on_commit(lambda: _start_and_announce(conversation, created, previous_leaf))
+    return assistant, generation_id
 
 
-def _enqueue_and_announce(
-    conversation: Conversation,
-    created: list[Message],
-    generation: Generation,
-    previous_leaf: int | None,
+def _start_and_announce(
+    conversation: Conversation, created: list[Message], previous_leaf: int | None
 ) -> None:
     try:
-        generation_enqueue(generation)
+        reply_engine().start(created[-1])
     except Exception as exc:
         with transaction.atomic():
             Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=previous_leaf)
@@ -182,30 +215,27 @@ def _enqueue_and_announce(
     client_id = created[0].client_id if created[0].role == Message.Role.USER else ""
     siblings = siblings_of(created)
     send_event(
-        conversation.pk,
+        conversation,
         *(
-            {
-                "type": "message.created",
-                "message": message_data(message, siblings[message.pk]),
-                "client_id": client_id,
-            }
+            events.message_created(message, siblings=siblings[message.pk], client_id=client_id)
             for message in created
         ),
     )
 
 
-def message_regenerate(*, message: Message) -> tuple[Message, Generation]:
+def message_regenerate(*, message: Message) -> tuple[Message, int]:
     """A new assistant sibling of `message`: another reply to the same user turn.
 
-    The old reply stays in the tree; the new one becomes the active leaf.
+    The old reply stays in the tree; the new one becomes the active leaf. Returns the new
+    reply and its generation id.
     """
     if message.role != Message.Role.ASSISTANT:
         raise InvalidInput("Only an assistant reply can be regenerated.", code="not_a_reply")
     parent = message.parent
     if parent is None or parent.role != Message.Role.USER:
         raise InvalidInput("The greeting cannot be regenerated.", code="not_a_reply")
-    conversation = message.conversation
     with transaction.atomic():
+        conversation = _lock_conversation(message.conversation)
         return _queue_reply(conversation, parent, announce=[])
 
 
@@ -217,8 +247,8 @@ def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
     if message.role != Message.Role.USER:
         raise InvalidInput("Only user messages can be edited.", code="not_a_user_message")
     content = check_message_content(content)
-    conversation = message.conversation
     with transaction.atomic():
+        conversation = _lock_conversation(message.conversation)
         edited = Message.objects.create(
             conversation=conversation,
             parent=message.parent,
@@ -227,8 +257,8 @@ def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
             author=author,
             content=content,
         )
-        assistant, generation = _queue_reply(conversation, edited, announce=[edited])
-    return SendResult(edited, assistant, generation, created=True)
+        assistant, generation_id = _queue_reply(conversation, edited, announce=[edited])
+    return SendResult(edited, assistant, generation_id, created=True)
 
 
 def conversation_switch_branch(*, conversation: Conversation, message_id: int) -> Conversation:
@@ -239,30 +269,50 @@ def conversation_switch_branch(*, conversation: Conversation, message_id: int) -
     return conversation
 
 
-def generation_cancel(*, generation: Generation) -> Message:
-    """Stop a generation. A queued one ends `cancelled` at once; a streaming one is signalled
-    and its worker ends it `cancelled`, keeping the text so far. A finished one: Conflict."""
-    message = generation.message
-    if message.is_terminal:
-        raise Conflict(f"The generation already ended ({message.status}).", code="already_finished")
-    with transaction.atomic():
-        cancelled_queued = Message.objects.filter(
-            pk=message.pk, status=Message.Status.QUEUED
-        ).update(status=Message.Status.CANCELLED, finish_reason="cancelled")
-    if cancelled_queued:
-        fresh = Message.objects.select_related("generation").get(pk=message.pk)
-        send_event(
-            message.conversation_id,
-            {
-                "type": "generation.cancelled",
-                "generation_id": generation.pk,
-                "message": message_data(fresh),
-            },
+def reply_cancel(*, reply: Message) -> Message:
+    """Stop a reply. A queued one ends `cancelled` at once; a streaming one is signalled and its
+    worker ends it `cancelled`, keeping the text so far. A finished one: Conflict."""
+    if reply.is_terminal:
+        raise Conflict(f"The generation already ended ({reply.status}).", code="already_finished")
+    ended = reply_end(
+        message_id=reply.pk,
+        end=ReplyEnd(status=Message.Status.CANCELLED),
+        only_from=(Message.Status.QUEUED,),
+    )
+    if ended is None:
+        # Streaming (or queued again for a retry): the engine stops it and ends it.
+        reply_engine().cancel(reply)
+    return Message.objects.select_related("generation").get(pk=reply.pk)
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a conversation with its messages. Replies still running are ended `cancelled`
+    first (clients are told, and their generations are stopped), then the conversation's
+    clients get `conversation.deleted`."""
+    running = list(
+        Message.objects.filter(
+            conversation=conversation,
+            status__in=[Message.Status.QUEUED, Message.Status.STREAMING],
         )
-        return fresh
-    # Streaming (or queued again for a retry): the flag stays set for whichever worker runs it.
-    cancel_signal(generation.pk)
-    return Message.objects.select_related("generation").get(pk=message.pk)
+    )
+    with transaction.atomic():
+        for reply in running:
+            reply_end(
+                message_id=reply.pk,
+                end=ReplyEnd(
+                    status=Message.Status.CANCELLED,
+                    finish_reason="conversation_deleted",
+                ),
+            )
+        conversation_id = conversation.pk
+        conversation.delete()
+        transaction.on_commit(
+            lambda: send_event(
+                conversation, events.conversation_deleted(conversation_id=conversation_id)
+            )
+        )
+    for reply in running:
+        reply_engine().cancel(reply)
 
 
 def feedback_give(*, message: Message, user: Any, rating: int, comment: str = "") -> Feedback:

@@ -14,6 +14,10 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from messages_app.middleware import TicketAuthMiddleware  # noqa: E402
 from messages_app.routing import websocket_urlpatterns  # noqa: E402
+from messageservice import request_limits  # noqa: E402
+
+# Body and websocket message limits inside daphne, before anything is buffered.
+request_limits.install()
 
 application = ProtocolTypeRouter(
     {

@@ -1,5 +1,8 @@
 """The channel layer: channels-redis's pub/sub layer, with a prompt receiver.
 
+Every use of channels-redis private internals is in this module, and
+tests/test_channel_layer_internals.py fails if an upgrade changes them.
+
 Upstream, a process's receiver that has no subscription polls every 100 ms for one to appear,
 so the first events after a process's first (or only) group_add wait up to 100 ms: a user
 alone on a daphne process sees that on every new conversation. Here the receiver is woken by
@@ -20,6 +23,14 @@ from channels_redis.pubsub import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def group_publisher(layer: Any, group: str) -> tuple[str, Any] | None:
+    """(pub/sub channel, serializer) to PUBLISH a message to `group` directly, so that one
+    pipeline can hold it with other commands; None for any layer but ours."""
+    if not isinstance(layer, PromptPubSubChannelLayer):
+        return None
+    return layer.group_channel(group), layer.serialize
 
 
 class _PromptShard(RedisSingleShardConnection):
@@ -51,6 +62,11 @@ class _PromptShard(RedisSingleShardConnection):
 
 
 class PromptPubSubChannelLayer(RedisPubSubChannelLayer):
+    def group_channel(self, group: str) -> str:
+        """The Redis pub/sub channel that channels-redis publishes `group`'s messages on."""
+        # Upstream: RedisPubSubLoopLayer._get_group_channel_name, "<prefix>__group__<group>".
+        return f"{self._kwargs.get('prefix', 'asgi')}__group__{group}"
+
     def _get_layer(self) -> RedisPubSubLoopLayer:
         loop = asyncio.get_running_loop()
         layer = self._layers.get(loop)

@@ -1,7 +1,12 @@
-"""Liveness (/health) and readiness (/ready): the database and Redis, checked for real."""
+"""Liveness (/health) and readiness (/ready): the database and Redis, checked for real.
+
+Anyone gets the status and each check's "ok" or "error"; only staff (logged in, e.g. through
+the admin) get the service name and what failed, which can name hosts and ports.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -9,6 +14,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
+
+logger = logging.getLogger(__name__)
 
 
 def _check_database() -> str:
@@ -34,28 +41,39 @@ def _check_migrations() -> str:
     return "ok"
 
 
-def _run(checks: dict[str, Any]) -> JsonResponse:
+def _is_staff(request: HttpRequest) -> bool:
+    """Whether the session's user is active staff; False when that cannot be told (the
+    session and user live in the database, which may be the check that is failing)."""
+    try:
+        user = getattr(request, "user", None)
+        return bool(user is not None and user.is_active and user.is_staff)
+    except Exception:
+        return False
+
+
+def _run(request: HttpRequest, checks: dict[str, Any]) -> JsonResponse:
     results: dict[str, str] = {}
-    healthy = True
+    failures: dict[str, str] = {}
     for name, check in checks.items():
         try:
             results[name] = check()
         except Exception as exc:
-            healthy = False
-            results[name] = f"error: {exc.__class__.__name__}: {exc}"[:300]
-    body = {
-        "status": "ok" if healthy else "error",
-        "service": settings.SERVICE_NAME,
-        "checks": results,
-    }
-    return JsonResponse(body, status=200 if healthy else 503)
+            results[name] = "error"
+            failures[name] = f"error: {exc.__class__.__name__}: {exc}"[:300]
+            logger.warning("%s check %s failed: %s", request.path, name, failures[name])
+    body: dict[str, Any] = {"status": "error" if failures else "ok", "checks": results}
+    if _is_staff(request):
+        body["service"] = settings.SERVICE_NAME
+        body["checks"] = {**results, **failures}
+    return JsonResponse(body, status=503 if failures else 200)
 
 
 def health(request: HttpRequest) -> JsonResponse:
-    return _run({"database": _check_database, "redis": _check_redis})
+    return _run(request, {"database": _check_database, "redis": _check_redis})
 
 
 def ready(request: HttpRequest) -> JsonResponse:
     return _run(
-        {"database": _check_database, "redis": _check_redis, "migrations": _check_migrations}
+        request,
+        {"database": _check_database, "redis": _check_redis, "migrations": _check_migrations},
     )

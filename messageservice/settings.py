@@ -22,18 +22,34 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 INSECURE_DEFAULT_KEY = "insecure-dev-key-change-me-0123456789abcdef0123456789"
+# Keys that have been published (in this repository's defaults, examples and build steps):
+# whoever knows them can sign a session or a token for any user, so they are refused, as is
+# any key under 32 characters, whenever DEBUG is off.
+PUBLISHED_KEYS = frozenset(
+    {
+        INSECURE_DEFAULT_KEY,
+        "change-me",
+        "compose-dev-only-insecure-django-secret-key-change-me",
+        "compose-dev-only-insecure-jwt-secret-key-change-me-000",
+        "build-only-dummy-secret-key-not-used-at-runtime-000000",
+        "build-only-dummy-jwt-key-not-used-at-runtime-0000000000",
+    }
+)
 
 # --- Service -------------------------------------------------------------------------------
 SERVICE_NAME: str = env.str("SERVICE_NAME", default="message-service")
 PORT: int = env.int("PORT", default=8004)
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO").upper()
-ENVIRONMENT: str = env.str("ENVIRONMENT", default="development")
+# Unset means production: DEBUG off and real keys required. Local runs say development.
+ENVIRONMENT: str = env.str("ENVIRONMENT", default="production")
 DEBUG: bool = env.bool("DEBUG", default=ENVIRONMENT == "development")
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 SECRET_KEY: str = env.str("DJANGO_SECRET_KEY", default=INSECURE_DEFAULT_KEY)
 JWT_SECRET_KEY: str = env.str("JWT_SECRET_KEY", default=INSECURE_DEFAULT_KEY)
+# Longest lifetime (exp - iat) accepted on a token of the external auth service.
+JWT_EXTERNAL_MAX_LIFETIME_MINUTES: int = env.int("JWT_EXTERNAL_MAX_LIFETIME_MINUTES", default=60)
 
 if env.str("MONGODB_URL", default=""):
     raise ImproperlyConfigured(
@@ -42,15 +58,16 @@ if env.str("MONGODB_URL", default=""):
         "SQLite is the default for local runs) and unset MONGODB_URL."
     )
 
-if ENVIRONMENT == "production":
+if not DEBUG:
     for _name, _value in (("DJANGO_SECRET_KEY", SECRET_KEY), ("JWT_SECRET_KEY", JWT_SECRET_KEY)):
-        if _value == INSECURE_DEFAULT_KEY or len(_value) < 32:
+        if _value in PUBLISHED_KEYS or len(_value) < 32:
             raise ImproperlyConfigured(
-                f"{_name} must be set to a secret of at least 32 characters when "
-                "ENVIRONMENT=production; the built-in development default is refused."
+                f"{_name} must be set to a secret of at least 32 characters whenever DEBUG is "
+                f"off (ENVIRONMENT={ENVIRONMENT}); the published development keys are refused. "
+                "For a local run set ENVIRONMENT=development."
             )
-    if DEBUG:
-        raise ImproperlyConfigured("DEBUG must be false when ENVIRONMENT=production.")
+if ENVIRONMENT == "production" and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be false when ENVIRONMENT=production.")
 
 # --- Data stores ---------------------------------------------------------------------------
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
@@ -112,8 +129,13 @@ TOKEN_LOG_TTL_SECONDS: int = max(600, env.int("TOKEN_LOG_TTL_SECONDS", default=9
 # While waiting for the first token, a heartbeat event every this many seconds keeps proxies
 # with idle timeouts from cutting the socket.
 GENERATION_HEARTBEAT_SECONDS: float = env.float("GENERATION_HEARTBEAT_SECONDS", default=15.0)
-# A running generation renews a lease this long; an expired lease means its worker died.
+# A running generation (and the global LLM slot it holds) renews a lease this long; an
+# expired lease means its worker died.
 GENERATION_LEASE_SECONDS: int = env.int("GENERATION_LEASE_SECONDS", default=30)
+# How often every worker process looks for replies whose worker died (llm_app.reaper).
+REAPER_INTERVAL_SECONDS: float = env.float("REAPER_INTERVAL_SECONDS", default=10.0)
+# How long an event that could not be announced (Redis down) is retried in the background.
+ANNOUNCE_RETRY_SECONDS: float = env.float("ANNOUNCE_RETRY_SECONDS", default=60.0)
 # Retries before the first token (connection error, 429, 5xx), with exponential backoff.
 LLM_RETRY_ATTEMPTS: int = env.int("LLM_RETRY_ATTEMPTS", default=2)
 LLM_RETRY_BACKOFF_SECONDS: float = env.float("LLM_RETRY_BACKOFF_SECONDS", default=0.5)
@@ -129,6 +151,14 @@ ENABLE_CONTENT_FILTERING: bool = env.bool("ENABLE_CONTENT_FILTERING", default=Tr
 SAFETY_THRESHOLD: float = env.float("SAFETY_THRESHOLD", default=0.7)
 BATCH_SIZE_FOR_ANALYTICS: int = env.int("BATCH_SIZE_FOR_ANALYTICS", default=100)
 WS_TICKET_TTL_SECONDS: int = env.int("WS_TICKET_TTL_SECONDS", default=30)
+
+# --- Request limits (messageservice.request_limits, enforced inside daphne) ----------------
+# Largest HTTP request body, in bytes. A bigger one gets 413 as soon as its headers (or, when
+# chunked, its first bytes over the limit) arrive: it is never buffered or parsed.
+MAX_REQUEST_BODY_BYTES: int = env.int("MAX_REQUEST_BODY_BYTES", default=1024 * 1024)
+# Largest websocket message (and frame) a client may send, in bytes. A bigger one closes the
+# socket with 1009 (message too big) when its frame header arrives, before its payload.
+WS_MAX_MESSAGE_BYTES: int = env.int("WS_MAX_MESSAGE_BYTES", default=64 * 1024)
 
 # --- Django --------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -148,6 +178,7 @@ INSTALLED_APPS = [
     "messages_app",
     "llm_app",
     "analytics_app",
+    "accounts_app",
 ]
 
 MIDDLEWARE = [
@@ -210,7 +241,7 @@ if not DEBUG:
 # --- REST framework ------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "messages_app.auth.ServiceJWTAuthentication",
+        "accounts_app.auth.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -226,10 +257,18 @@ SIMPLE_JWT = {
     "SIGNING_KEY": JWT_SECRET_KEY,
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=60)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=7)),
+    "LEEWAY": 5,
     # `sub` carries the username, the same claim the external auth service signs.
     "USER_ID_FIELD": "username",
     "USER_ID_CLAIM": "sub",
     "AUTH_HEADER_TYPES": ("Bearer",),
+    # Our tokens, and the auth service's; accounts_app.auth says how they differ.
+    "AUTH_TOKEN_CLASSES": (
+        "accounts_app.auth.ServiceAccessToken",
+        "accounts_app.auth.ExternalAccessToken",
+    ),
+    "TOKEN_OBTAIN_SERIALIZER": "accounts_app.auth.TokenObtainPairSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "accounts_app.auth.TokenRefreshSerializer",
 }
 
 SPECTACULAR_SETTINGS = {

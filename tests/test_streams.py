@@ -11,7 +11,6 @@ from rest_framework.test import APIClient
 
 from fake_llm import Script
 from llm_app.models import Generation
-from llm_app.token_log import log_key
 from messages_app.models import Message
 from messageservice.redis_clients import sync_redis
 from tests.helpers import (
@@ -19,6 +18,7 @@ from tests.helpers import (
     communicator,
     deltas_of,
     receive_until,
+    reply_log_key,
     send_message,
 )
 
@@ -113,9 +113,10 @@ async def test_resume_after_the_log_expired_answers_with_the_saved_message(
     comm, generation_id, worker = await _start(conversation, alice_headers)
     await receive_until(comm, "generation.completed")
     await worker
-    ttl: Any = await sync_to_async(sync_redis().ttl)(log_key(generation_id))
+    key = await sync_to_async(reply_log_key)(generation_id)
+    ttl: Any = await sync_to_async(sync_redis().ttl)(key)
     assert ttl >= 600, "the log lives at least 10 minutes after the end"
-    await sync_to_async(sync_redis().delete)(log_key(generation_id))
+    await sync_to_async(sync_redis().delete)(key)
     await comm.send_json_to(
         {"type": "stream.resume", "generation_id": generation_id, "after_seq": 2}
     )
@@ -184,7 +185,7 @@ async def test_resume_of_another_users_generation_is_not_found(
     comm = communicator(_path(conversation), alice_headers)
     await comm.connect()
     await comm.send_json_to(
-        {"type": "stream.resume", "generation_id": result.generation.pk, "after_seq": 0}
+        {"type": "stream.resume", "generation_id": result.generation_id, "after_seq": 0}
     )
     assert (await comm.receive_json_from(timeout=5))["error"]["code"] == "not_found"
     await comm.disconnect()

@@ -128,7 +128,7 @@ async def test_count_many_is_concurrent_but_bounded() -> None:
         texts = [f"text number {i}" for i in range(30)]
         counts = await counter.count_many(texts)
     assert [c.tokens for c in counts] == [3] * 30
-    assert 1 < peak <= tokens.MAX_CONCURRENT_REQUESTS
+    assert 1 < peak <= tokens.TOKENIZE_CONCURRENCY
 
 
 async def test_memo_avoids_a_second_request(fake_llm_server: FakeLLMServer) -> None:
@@ -208,7 +208,7 @@ async def test_many_texts_on_a_server_without_tokenize_stop_early() -> None:
         counts = await counter.count_many([f"text {i}" for i in range(50)])
     assert {c.counter for c in counts} == {ESTIMATE_COUNTER}
     # Only the first wave of concurrent requests went out.
-    assert hits <= tokens.MAX_CONCURRENT_REQUESTS
+    assert hits <= tokens.TOKENIZE_CONCURRENCY
 
 
 async def test_unreachable_server_is_estimated() -> None:

@@ -17,7 +17,6 @@ from django.conf import settings
 from fake_llm import Script
 from llm_app.models import Generation
 from llm_app.reaper import reap_orphans
-from llm_app.token_log import log_key
 from messages_app.models import Message
 from messageservice.redis_clients import sync_redis
 from tests.helpers import (
@@ -25,6 +24,7 @@ from tests.helpers import (
     communicator,
     deltas_of,
     receive_until,
+    reply_log_key,
     send_message,
     worker_env,
 )
@@ -71,7 +71,8 @@ async def test_worker_killed_mid_stream_ends_failed_and_every_client_is_told(
     generation_id = created[1]["message"]["generation_id"]
     proc = _start_worker_process(fake_llm)
     try:
-        await _until(lambda: int(sync_redis().xlen(log_key(generation_id))) >= 10)  # type: ignore[arg-type]
+        key = await sync_to_async(reply_log_key)(generation_id)
+        await _until(lambda: int(sync_redis().xlen(key)) >= 10)  # type: ignore[arg-type]
         await _kill_and_reap(proc)
     finally:
         if proc.poll() is None:

@@ -17,7 +17,6 @@ from llm_app.providers.base import ChatRequest, Provider, ProviderError, StreamC
 from llm_app.providers.openai_compatible import OpenAICompatibleProvider
 
 __all__ = [
-    "PROVIDERS",
     "ChatRequest",
     "Provider",
     "ProviderError",
@@ -28,9 +27,6 @@ __all__ = [
     "shared_http",
 ]
 
-# lmstudio is the seed's name for the same wire protocol.
-PROVIDERS = ("lmstudio", "openai_compatible", "openai", "anthropic")
-
 _cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], Provider]] = (
     weakref.WeakKeyDictionary()
 )
@@ -38,6 +34,7 @@ _cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...
 
 def _config(name: str) -> tuple[str, ...]:
     timeout = str(settings.REQUEST_TIMEOUT_SECONDS)
+    # lmstudio is the seed's name for the same wire protocol.
     if name in ("lmstudio", "openai_compatible"):
         return ("openai_compatible", settings.LLM_SERVICE_URL, settings.LLM_API_KEY, timeout)
     if name == "openai":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,18 @@ class ChatRequest:
     messages: list[dict[str, str]]
     temperature: float
     max_tokens: int
+
+    @classmethod
+    def from_params(
+        cls, *, model: str, messages: list[dict[str, str]], params: dict[str, Any]
+    ) -> ChatRequest:
+        """The request for a generation's saved `params` (llm_app.services.generation_settings)."""
+        return cls(
+            model=model,
+            messages=messages,
+            temperature=float(params["temperature"]),
+            max_tokens=int(params["max_tokens"]),
+        )
 
 
 @dataclass
@@ -41,11 +53,3 @@ class Provider(Protocol):
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]: ...
 
     async def aclose(self) -> None: ...
-
-
-@dataclass
-class ProviderConfig:
-    base_url: str | None
-    api_key: str
-    timeout: float
-    extra: dict[str, str] = field(default_factory=dict)

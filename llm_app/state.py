@@ -1,0 +1,175 @@
+"""The database side of a generation: one named service for each change of its state.
+
+Ends go through messages_app.replies.reply_end, the one way a reply ends; the generation's own
+record (timings, errors, the prompt manifest) is written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.db.models import F
+from django.utils import timezone
+
+from llm_app.attempts import Progress
+from llm_app.models import Generation
+from llm_app.services import generation_requeue
+from messages_app import events
+from messages_app.broadcast import send_event
+from messages_app.models import Message
+from messages_app.replies import ReplyEnd, reply_end
+from messages_app.streams import log_read_sync
+
+logger = logging.getLogger(__name__)
+
+
+def generation_load(generation_id: int, stream_key: str | None = None) -> Generation | None:
+    """The generation with its reply, conversation and character; None if it does not exist,
+    or if `stream_key` (from the job) is not its reply's: the job was queued by another
+    database (reset, restored, or another installation sharing this Redis)."""
+    generation = (
+        Generation.objects.select_related(
+            "message", "message__conversation", "message__conversation__character"
+        )
+        .filter(pk=generation_id)
+        .first()
+    )
+    if generation is None:
+        return None
+    if stream_key is not None and generation.message.stream_key.hex != stream_key:
+        logger.warning(
+            "job for generation %s names reply %s, which is not this database's; ignored",
+            generation_id,
+            stream_key,
+        )
+        return None
+    return generation
+
+
+def generation_start(generation: Generation) -> bool:
+    """Move the reply from queued to streaming; False if it is no longer queued."""
+    now = timezone.now()
+    message = generation.message
+    updated = Message.objects.filter(pk=message.pk, status=Message.Status.QUEUED).update(
+        status=Message.Status.STREAMING, updated_at=now
+    )
+    if not updated:
+        return False
+    Generation.objects.filter(pk=generation.pk).update(started_at=now, attempt=F("attempt") + 1)
+    generation.started_at = now
+    generation.attempt += 1
+    message.status = Message.Status.STREAMING
+    return True
+
+
+def generation_save_partial(message_id: int, text: str, seq: int) -> None:
+    """Save the text streamed so far (only while the reply is still streaming)."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
+        content=text, stream_seq=seq, updated_at=timezone.now()
+    )
+
+
+def _ms(start: datetime | None, end: datetime | None) -> int | None:
+    if start is None or end is None:
+        return None
+    return max(0, int((end - start).total_seconds() * 1000))
+
+
+def generation_finish(
+    generation: Generation,
+    progress: Progress,
+    status: str,
+    *,
+    error_code: str = "",
+    error_message: str = "",
+) -> Message | None:
+    """End the reply as `status` with what `progress` holds. None if it had already ended (a
+    cancel or the reaper won) or its conversation was deleted."""
+    now = timezone.now()
+    end = ReplyEnd(
+        status=status,
+        content=progress.text,
+        seq=progress.seq,
+        finish_reason=progress.finish_reason or "",
+        error_code=error_code,
+        error_message=error_message,
+        model=progress.model,
+        prompt_tokens=progress.prompt_tokens,
+        completion_tokens=progress.completion_tokens,
+        queued_ms=_ms(generation.enqueued_at, generation.started_at),
+        ttft_ms=_ms(generation.started_at, progress.first_token_at),
+        total_ms=_ms(generation.started_at, now),
+    )
+
+    def record(message: Message) -> None:
+        generation.first_token_at = progress.first_token_at
+        generation.finished_at = now
+        generation.error_code = error_code
+        generation.error_message = error_message
+        generation.prompt_manifest = {
+            **generation.prompt_manifest,
+            "attempt": generation.attempt,
+            "provider_attempts": progress.attempts,
+            "provider_used": progress.provider,
+            "model_used": progress.model,
+            "ttft_ms": message.ttft_ms,
+            "total_ms": message.total_ms,
+            "finish_reason": message.finish_reason,
+            "status": status,
+            "deltas": progress.seq,
+        }
+        generation.save(
+            update_fields=[
+                "first_token_at",
+                "finished_at",
+                "error_code",
+                "error_message",
+                "prompt_manifest",
+            ]
+        )
+
+    return reply_end(message_id=generation.message_id, end=end, record=record)
+
+
+def generation_fail_stale(generation_id: int, *, code: str, text: str) -> bool:
+    """Fail a generation from outside its loop (its worker or job died); clients are told.
+
+    Keeps every delta the clients were sent: the token log holds them all, the database only
+    the last partial save. Returns False when it had already ended.
+    """
+    generation = generation_load(generation_id)
+    if generation is None or generation.message.is_terminal:
+        return False
+    message = generation.message
+    progress = Progress(parts=[message.content], seq=message.stream_seq)
+    logged = log_read_sync(message.stream_key)
+    if len(logged) > message.stream_seq:
+        progress = Progress(parts=[text for _, text in logged], seq=len(logged))
+    progress.model = message.model
+    failed = generation_finish(
+        generation, progress, Message.Status.FAILED, error_code=code, error_message=text
+    )
+    return failed is not None
+
+
+def generation_requeue_orphan(generation: Generation, reason: str) -> bool:
+    """Queue an orphaned generation that streamed nothing again, as its next attempt; clients
+    get `generation.retrying`. False if it is no longer queued or streaming."""
+    message = generation.message
+    updated = Message.objects.filter(
+        pk=message.pk, status__in=[Message.Status.STREAMING, Message.Status.QUEUED]
+    ).update(status=Message.Status.QUEUED, content="", stream_seq=0, updated_at=timezone.now())
+    if not updated:
+        return False
+    generation_requeue(generation)
+    send_event(
+        message.conversation,
+        events.generation_retrying(
+            generation_id=generation.pk,
+            attempt=generation.attempt + 1,
+            code=reason,
+            message="The reply is being generated again.",
+        ),
+    )
+    return True
