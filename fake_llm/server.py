@@ -3,7 +3,9 @@
 It speaks OpenAI's chat completions (POST /v1/chat/completions, SDK base_url `server.base_url`)
 and Anthropic's Messages API (POST /v1/messages, SDK base_url `server.url`: the anthropic SDK
 adds /v1 itself). Both answer from one FIFO of scripts, which control the streamed tokens, their
-timing and injected faults (HTTP 500/429, stall, ...).
+timing and injected faults (HTTP 500/429, stall, ...). As real servers do, a reply ends before
+the request's first stop string (`stop`, `stop_sequences`) or at its max_tokens. Every request
+body is recorded as sent (GET /_fake/requests, `server.requests`).
 """
 
 from __future__ import annotations
@@ -258,12 +260,44 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _limit_tokens(script: Script, body: Mapping[str, Any]) -> tuple[list[str], bool]:
-    """The script's tokens cut to the request's max_tokens, and whether they were cut."""
+def _stop_strings(body: Mapping[str, Any]) -> list[str]:
+    """The request's stop strings: OpenAI's `stop` (a string or a list), Anthropic's
+    `stop_sequences`."""
+    value = body.get("stop", body.get("stop_sequences"))
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [s for s in value if isinstance(s, str) and s]
+
+
+def _cut_at_stop(tokens: list[str], stops: list[str]) -> tuple[list[str], str | None]:
+    """`tokens` up to (not including) the first stop string, as a server stops; and which."""
+    text = "".join(tokens)
+    found = [(text.find(stop), stop) for stop in stops if stop in text]
+    if not found:
+        return tokens, None
+    end, stop = min(found)
+    kept: list[str] = []
+    length = 0
+    for token in tokens:
+        if length + len(token) >= end:
+            if end > length:
+                kept.append(token[: end - length])
+            break
+        kept.append(token)
+        length += len(token)
+    return kept, stop
+
+
+def _limit_tokens(script: Script, body: Mapping[str, Any]) -> tuple[list[str], bool, str | None]:
+    """The script's tokens cut at the request's first stop string or at its max_tokens,
+    whichever comes first; whether max_tokens cut them; the stop string that ended them."""
+    tokens, stop = _cut_at_stop(script.tokens, _stop_strings(body))
     limit = _max_tokens(body)
-    if limit is not None and len(script.tokens) > limit:
-        return script.tokens[:limit], True
-    return script.tokens, False
+    if limit is not None and len(tokens) > limit:
+        return tokens[:limit], True, None
+    return tokens, False, stop
 
 
 async def _take_script(
@@ -303,7 +337,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return taken
     body, script = taken
     state = request.app[STATE_KEY]
-    tokens, was_cut = _limit_tokens(script, body)
+    tokens, was_cut, _ = _limit_tokens(script, body)
     finish_reason = "length" if was_cut else "stop"
     requested_model = body.get("model")
     model = requested_model if isinstance(requested_model, str) else state.model
@@ -497,8 +531,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         return taken
     body, script = taken
     state = request.app[STATE_KEY]
-    tokens, was_cut = _limit_tokens(script, body)
-    stop_reason = "max_tokens" if was_cut else "end_turn"
+    tokens, was_cut, stop_sequence = _limit_tokens(script, body)
+    stop_reason = "max_tokens" if was_cut else "stop_sequence" if stop_sequence else "end_turn"
     requested_model = body.get("model")
     model = requested_model if isinstance(requested_model, str) else state.model
     # The system prompt is a parameter of its own here, but it is prompt all the same.
@@ -524,6 +558,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
                 return faulted
             message["content"] = [{"type": "text", "text": "".join(tokens)}]
             message["stop_reason"] = stop_reason
+            message["stop_sequence"] = stop_sequence
             message["usage"] = {"input_tokens": input_tokens, "output_tokens": len(tokens)}
             return web.json_response(message)
 
@@ -532,7 +567,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
             '"delta":{"type":"text_delta","text":'
         )
-        stop_delta = {"stop_reason": stop_reason, "stop_sequence": None}
+        stop_delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         return await _send_events(
             request,
             state,

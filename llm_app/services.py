@@ -18,21 +18,36 @@ from messageservice.redis_clients import sync_redis
 
 
 def generation_settings(character: Character) -> dict[str, Any]:
-    """Provider, model and parameters for a reply; character settings win over the defaults."""
+    """Provider, model and parameters for a reply; character settings win over the defaults.
+
+    `params` is what llm_app.providers.ChatRequest.from_params reads: temperature and
+    max_tokens (the character's, else DEFAULT_TEMPERATURE and DEFAULT_MAX_TOKENS, never over
+    MAX_TOKENS_PER_REQUEST), then the chat sampling of the settings (DEFAULT_STOP_SEQUENCES,
+    DEFAULT_REPEAT_PENALTY, DEFAULT_FREQUENCY_PENALTY, DEFAULT_PRESENCE_PENALTY; a penalty of
+    0 is left out). Each provider sends what its API takes.
+    """
+    params: dict[str, Any] = {
+        "temperature": (
+            character.temperature
+            if character.temperature is not None
+            else settings.DEFAULT_TEMPERATURE
+        ),
+        "max_tokens": min(
+            character.max_tokens or settings.DEFAULT_MAX_TOKENS, settings.MAX_TOKENS_PER_REQUEST
+        ),
+        "stop": list(settings.DEFAULT_STOP_SEQUENCES),
+        "repeat_penalty": settings.DEFAULT_REPEAT_PENALTY,
+    }
+    for name, value in (
+        ("frequency_penalty", settings.DEFAULT_FREQUENCY_PENALTY),
+        ("presence_penalty", settings.DEFAULT_PRESENCE_PENALTY),
+    ):
+        if value:
+            params[name] = value
     return {
         "provider": character.provider or settings.DEFAULT_LLM_PROVIDER,
         "model": character.model or settings.DEFAULT_MODEL,
-        "params": {
-            "temperature": (
-                character.temperature
-                if character.temperature is not None
-                else settings.DEFAULT_TEMPERATURE
-            ),
-            "max_tokens": min(
-                character.max_tokens or settings.MAX_TOKENS_PER_REQUEST,
-                settings.MAX_TOKENS_PER_REQUEST,
-            ),
-        },
+        "params": params,
     }
 
 

@@ -156,7 +156,7 @@ class GenerationWorker(SimpleWorker):
         interval = max(0.5, settings.REAPER_INTERVAL_SECONDS)
         renew_every = max(0.5, min(interval, settings.GENERATION_LEASE_SECONDS / 3))
         next_reap = time.monotonic()
-        while not self._keeper_stop.wait(renew_every if next_reap > time.monotonic() else 0):
+        while True:
             try:
                 self._renew_slots()
                 if time.monotonic() >= next_reap:
@@ -168,6 +168,9 @@ class GenerationWorker(SimpleWorker):
                 logger.exception("worker keeper: reaping orphaned generations failed")
             finally:
                 connections.close_all()
+            wait = max(0.0, min(renew_every, next_reap - time.monotonic()))
+            if self._keeper_stop.wait(max(wait, 0.1)):
+                return
 
     def _wait_for_slot(self) -> bool:
         """Hold one local and one global slot; False if a stop was requested meanwhile.

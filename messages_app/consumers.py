@@ -253,6 +253,22 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     safety_flagged = forward
     rate_limited = forward
 
+    async def layer_reconnected(self, event: dict[str, Any]) -> None:
+        """This process's channel layer lost Redis for a while, and the events published
+        meanwhile are gone: catch up on every followed reply from its log and the database."""
+        for generation_id in [g for g in self.sent if g not in self.ended]:
+            reply = await database_sync_to_async(selectors.reply_in_conversation)(
+                conversation_id=self.conversation.pk, generation_id=generation_id
+            )
+            if reply is None:
+                continue
+            self.stream_keys[generation_id] = reply.stream_key
+            if reply.is_terminal:
+                await self._fill(generation_id, upto=reply.stream_seq)
+                await self._send_end(generation_id, reply)
+            else:
+                await self._fill(generation_id, upto=None)
+
     async def conversation_deleted(self, event: dict[str, Any]) -> None:
         await self.send_json(event)
         await self.close(code=CLOSE_NOT_FOUND)

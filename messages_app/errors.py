@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import redis
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -10,6 +13,8 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -77,6 +82,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """DRF's EXCEPTION_HANDLER: every error leaves as `{"error": {code, message, details}}`."""
     if isinstance(exc, ServiceError):
         return Response(exc.as_dict(), status=exc.status_code)
+    if isinstance(exc, redis.RedisError):
+        logger.warning("%s: Redis unavailable (%s)", context.get("view"), exc)
+        body = error_body("redis_unavailable", "A service dependency is unavailable; try again.")
+        return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

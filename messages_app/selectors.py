@@ -127,6 +127,15 @@ def reply_get(*, user: Any, generation_id: int) -> Message:
     return reply
 
 
+def reply_in_conversation(*, conversation_id: int, generation_id: int) -> Message | None:
+    """Generation `generation_id`'s reply in this conversation, with its generation loaded."""
+    return (
+        Message.objects.select_related("generation")
+        .filter(generation__pk=generation_id, conversation_id=conversation_id)
+        .first()
+    )
+
+
 def reply_stream_key(*, conversation_id: int, generation_id: int) -> UUID | None:
     """The token-log key of generation `generation_id`'s reply in this conversation."""
     key: UUID | None = (

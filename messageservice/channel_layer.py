@@ -33,10 +33,16 @@ def group_publisher(layer: Any, group: str) -> tuple[str, Any] | None:
     return layer.group_channel(group), layer.serialize
 
 
+# Put in every local channel when the receiver gets Redis back after losing it: pub/sub
+# messages published meanwhile are gone, so consumers catch up from the token log and the DB.
+RECONNECTED = {"type": "layer.reconnected"}
+
+
 class _PromptShard(RedisSingleShardConnection):
     def __init__(self, host: Any, channel_layer: Any) -> None:
         super().__init__(host, channel_layer)
         self._subscribed = asyncio.Event()
+        self._lost = False
 
     async def subscribe(self, channel: str) -> None:
         await super().subscribe(channel)
@@ -49,6 +55,11 @@ class _PromptShard(RedisSingleShardConnection):
                     message = await self._pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=0.1
                     )
+                    if self._lost:
+                        # redis-py reconnected and subscribed again before this read.
+                        self._lost = False
+                        logger.warning("channel layer: Redis is back; clients catch up")
+                        self._tell_local_channels(RECONNECTED)
                     self._receive_message(message)
                 else:
                     self._subscribed.clear()
@@ -56,9 +67,17 @@ class _PromptShard(RedisSingleShardConnection):
                         await asyncio.wait_for(self._subscribed.wait(), timeout=0.1)
             except (TimeoutError, asyncio.CancelledError, GeneratorExit):
                 raise
-            except Exception:
-                logger.exception("unexpected exception in the channel-layer receiver")
-                await asyncio.sleep(1)
+            except Exception as exc:
+                if not self._lost:
+                    logger.warning("channel layer: lost Redis (%s); reconnecting", exc)
+                self._lost = True
+                await asyncio.sleep(0.5)
+
+    def _tell_local_channels(self, message: dict[str, Any]) -> None:
+        layer = self.channel_layer  # the loop's RedisPubSubLoopLayer
+        data = layer.channel_layer.serialize(message)
+        for queue in layer.channels.values():
+            queue.put_nowait(data)
 
 
 class PromptPubSubChannelLayer(RedisPubSubChannelLayer):

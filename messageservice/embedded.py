@@ -5,12 +5,14 @@ configured URL answers nowhere.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -46,10 +48,52 @@ def redis_server_binary() -> str:
     return str(binary)
 
 
-def start_redis(port: int, *, data_dir: str | None = None) -> subprocess.Popen[bytes]:
+_PR_SET_PDEATHSIG = 1
+try:
+    # Resolved here, not in the child: between fork and exec only the call itself runs.
+    _prctl: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl
+except (AttributeError, OSError):  # not Linux
+    _prctl = None
+
+
+def _stop_with_parent() -> None:
+    """In the child between fork and exec: get SIGTERM when the parent dies (Linux), so a
+    server in its own session does not outlive a parent that was killed outright."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_server(
+    cmd: list[str], *, env: dict[str, str] | None = None, log: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server that its starter alone stops (with `stop`, exactly once).
+
+    It runs in a session of its own, so neither the terminal's Ctrl-C (SIGINT to the whole
+    foreground process group) nor honcho's stop (SIGTERM to each Procfile process's group)
+    reaches it besides its starter's `stop`: a second signal makes llama-server exit from its
+    signal handler mid-shutdown ("Received second interrupt") with a crash backtrace. If a
+    starter running on its main thread is killed outright, the kernel sends the server
+    SIGTERM (the death signal follows the starting thread, so other threads do not ask for
+    it). `log` is a file descriptor for its output (None: the starter's stdout and stderr).
+    """
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT if log is not None else None,
+        start_new_session=True,
+        # A pre-resolved libc call only, safe between fork and exec.
+        preexec_fn=_stop_with_parent if on_main_thread else None,
+    )
+
+
+def start_redis(
+    port: int, *, data_dir: str | None = None, log: int | None = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """Start redis-server on 127.0.0.1:`port` (no persistence) and wait until it answers."""
     data_dir = data_dir or tempfile.mkdtemp(prefix="messageservice-redis-")
-    proc = subprocess.Popen(
+    proc = start_server(
         [
             redis_server_binary(),
             "--bind", "127.0.0.1",
@@ -57,9 +101,9 @@ def start_redis(port: int, *, data_dir: str | None = None) -> subprocess.Popen[b
             "--save", "",
             "--appendonly", "no",
             "--dir", data_dir,
+            "--loglevel", "warning",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
+        log=log,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     return _running_once(proc, lambda: redis_answers(url, timeout=0.2), 10, "redis-server")
@@ -127,7 +171,7 @@ def start_llama_server(
         "--alias", "SmolLM2-135M-Instruct",
         "--threads", str(threads or max(1, (os.cpu_count() or 2))),
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+    proc = start_server(cmd, env=env, log=log)
     base_url = f"http://127.0.0.1:{port}/v1"
     return _running_once(proc, lambda: llm_answers(base_url, timeout=0.5), 120, "llama-server")
 
@@ -144,12 +188,17 @@ def url_port(url: str, default: int) -> int:
     return urlparse(url).port or default
 
 
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
+# honcho SIGKILLs what is left 5 s after it asked the Procfile processes to stop.
+STOP_TIMEOUT_SECONDS = 4.0
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM once, wait for a clean exit, SIGKILL only if it does not come in `timeout`."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -162,6 +211,7 @@ __all__ = [
     "redis_answers",
     "start_llama_server",
     "start_redis",
+    "start_server",
     "stop",
     "url_port",
     "wait_for_stop_signal",

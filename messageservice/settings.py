@@ -1,7 +1,7 @@
 """Settings for Message Service, read from the environment (django-environ) with the seed's names.
 
 Every variable is listed and explained in `.env.example`. Defaults give the embedded run:
-SQLite, a local Redis on 6379 and an OpenAI-compatible LLM server on 8005.
+SQLite, the embedded Redis on 8006 and an OpenAI-compatible LLM server on 8005.
 """
 
 from __future__ import annotations
@@ -84,7 +84,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL: str = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Unset, every process of the embedded run (`make run`) uses the redis-server that
+# `manage.py embedded_redis` starts on 127.0.0.1:8006, a port of its own: never a Redis that
+# happens to answer on 6379. Set, that Redis is used (if it is local and does not answer,
+# embedded_redis starts one on its port).
+EMBEDDED_REDIS_URL = "redis://127.0.0.1:8006/0"
+REDIS_URL: str = env.str("REDIS_URL", default=EMBEDDED_REDIS_URL)
 CACHE_TTL_SECONDS: int = env.int("CACHE_TTL_SECONDS", default=300)
 
 CACHES = {
@@ -116,6 +121,19 @@ ANTHROPIC_API_KEY: str = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL: str = env.str("ANTHROPIC_BASE_URL", default="")
 MAX_TOKENS_PER_REQUEST: int = env.int("MAX_TOKENS_PER_REQUEST", default=2048)
 DEFAULT_TEMPERATURE: float = env.float("DEFAULT_TEMPERATURE", default=0.7)
+# Chat sampling for characters that set none: a chat-sized reply, and a repetition penalty
+# and stop strings so that a small local model ends its turn rather than loop until the
+# timeout. Stop strings go to every provider (OpenAI takes the first 4); the penalties only
+# where the API has them (repeat_penalty: llama-server, LM Studio; not OpenAI, Anthropic).
+DEFAULT_MAX_TOKENS: int = env.int("DEFAULT_MAX_TOKENS", default=200)
+DEFAULT_REPEAT_PENALTY: float = env.float("DEFAULT_REPEAT_PENALTY", default=1.15)  # 1 = off
+# OpenAI's penalties, -2..2; 0 (off) is not sent.
+DEFAULT_FREQUENCY_PENALTY: float = env.float("DEFAULT_FREQUENCY_PENALTY", default=0.0)
+DEFAULT_PRESENCE_PENALTY: float = env.float("DEFAULT_PRESENCE_PENALTY", default=0.0)
+# A JSON list, as the strings may hold newlines: ["\nUser:", "<|im_end|>"].
+DEFAULT_STOP_SEQUENCES: list[str] = env.json(
+    "DEFAULT_STOP_SEQUENCES", default=["\nUser:", "<|im_end|>", "<|im_start|>"]
+)
 LLM_CONTEXT_TOKENS: int = env.int("LLM_CONTEXT_TOKENS", default=8192)
 REQUEST_TIMEOUT_SECONDS: float = env.float("REQUEST_TIMEOUT_SECONDS", default=30.0)
 MESSAGE_PROCESSING_TIMEOUT: float = env.float("MESSAGE_PROCESSING_TIMEOUT", default=60.0)

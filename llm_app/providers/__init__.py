@@ -52,7 +52,10 @@ def get_provider(name: str) -> Provider:
 
         return AnthropicProvider(api_key=api_key, timeout=float(timeout), base_url=base_url or None)
     return OpenAICompatibleProvider(
-        base_url=base_url or None, api_key=api_key, timeout=float(timeout)
+        base_url=base_url or None,
+        api_key=api_key,
+        timeout=float(timeout),
+        openai_api=kind == "openai",
     )
 
 

@@ -107,6 +107,10 @@ class AnthropicProvider:
             raise ProviderError("llm_error", "No Anthropic API key is configured.")
         system, messages = to_anthropic_messages(request.messages)
         options: dict[str, Any] = {} if system is None else {"system": system}
+        # The Messages API rejects stop sequences of only whitespace; it has no penalties.
+        stop_sequences = [s for s in request.stop if s.strip()]
+        if stop_sequences:
+            options["stop_sequences"] = stop_sequences
         prompt_tokens: int | None = None
         stop_reason: str | None = None
         try:

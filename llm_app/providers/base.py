@@ -7,23 +7,46 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class ChatRequest:
+    """One chat completion. Sampling fields left at their defaults are not sent, so the
+    server's own defaults apply; each provider sends only what its API accepts."""
+
     model: str
     messages: list[dict[str, str]]
     temperature: float
     max_tokens: int
+    # The reply ends (finish_reason "stop") before any of these strings.
+    stop: tuple[str, ...] = ()
+    # OpenAI's penalties (-2..2; llama-server applies them to its last repeat_last_n tokens).
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    # llama.cpp's multiplicative repetition penalty (1.0 = off). Not an OpenAI parameter: sent
+    # as an extra body field to OpenAI-compatible servers, never to OpenAI or Anthropic.
+    repeat_penalty: float | None = None
 
     @classmethod
     def from_params(
         cls, *, model: str, messages: list[dict[str, str]], params: dict[str, Any]
     ) -> ChatRequest:
-        """The request for a generation's saved `params` (llm_app.services.generation_settings)."""
+        """The request for a generation's saved `params` (llm_app.services.generation_settings).
+
+        Keys missing from older generations' params fall back to the server's defaults.
+        """
+        stop = params.get("stop") or ()
         return cls(
             model=model,
             messages=messages,
             temperature=float(params["temperature"]),
             max_tokens=int(params["max_tokens"]),
+            stop=(stop,) if isinstance(stop, str) else tuple(str(s) for s in stop if s),
+            frequency_penalty=_optional_float(params.get("frequency_penalty")),
+            presence_penalty=_optional_float(params.get("presence_penalty")),
+            repeat_penalty=_optional_float(params.get("repeat_penalty")),
         )
 
 

@@ -10,11 +10,41 @@ import openai
 
 from llm_app.providers.base import ChatRequest, ProviderError, StreamChunk
 
+# OpenAI's chat API takes at most this many stop sequences.
+OPENAI_MAX_STOP = 4
+
+
+def request_options(request: ChatRequest, *, openai_api: bool) -> dict[str, Any]:
+    """The sampling arguments of `chat.completions.create` for `request`.
+
+    Fields the request leaves unset are not sent. `openai_api` (OpenAI's own cloud) gets only
+    OpenAI parameters; other servers (llama-server, LM Studio, vLLM, Ollama) also get
+    llama.cpp's `repeat_penalty` through the SDK's `extra_body`, which servers that do not
+    know it ignore.
+    """
+    options: dict[str, Any] = {
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+    }
+    if request.stop:
+        options["stop"] = list(request.stop[:OPENAI_MAX_STOP] if openai_api else request.stop)
+    if request.frequency_penalty is not None:
+        options["frequency_penalty"] = request.frequency_penalty
+    if request.presence_penalty is not None:
+        options["presence_penalty"] = request.presence_penalty
+    if not openai_api and request.repeat_penalty is not None:
+        options["extra_body"] = {"repeat_penalty": request.repeat_penalty}
+    return options
+
 
 class OpenAICompatibleProvider:
     name = "openai_compatible"
 
-    def __init__(self, *, base_url: str | None, api_key: str, timeout: float) -> None:
+    def __init__(
+        self, *, base_url: str | None, api_key: str, timeout: float, openai_api: bool = False
+    ) -> None:
+        # openai_api: the server is OpenAI's, which rejects parameters of other servers.
+        self._openai_api = openai_api
         # The read timeout bounds the wait for every chunk, so a stalled stream fails too.
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
@@ -31,10 +61,9 @@ class OpenAICompatibleProvider:
             stream = await self._client.chat.completions.create(
                 model=request.model,
                 messages=cast(Any, request.messages),
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
+                **request_options(request, openai_api=self._openai_api),
             )
             try:
                 async for chunk in stream:

@@ -1,88 +1,18 @@
-"""Auth: our JWTs, the auth service's JWTs, sessions, websocket tickets, and who sees what."""
+"""Who gets in and what they see: sessions, websocket login and tickets, other users' data.
+
+JWTs are in tests/test_auth_tokens.py; revocation in tests/test_auth_revocation.py.
+"""
 
 from __future__ import annotations
 
-import time
-
-import jwt
 import pytest
-from django.conf import settings
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from messages_app.services import conversation_create
 from tests.helpers import ORIGIN, communicator, session_headers
+from tests.test_auth_tokens import assert_error
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _token(**claims):
-    payload = {"sub": "alice", "exp": int(time.time()) + 300, **claims}
-    return jwt.encode(payload, settings.JWT_SECRET_KEY, algorithm="HS256")
-
-
-def _assert_error(response, status, code=None):
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"} and {"code", "message", "details"} <= set(body["error"])
-    if code:
-        assert body["error"]["code"] == code
-
-
-def test_password_login_gives_tokens_that_open_the_api(user):
-    client = APIClient()
-    resp = client.post(
-        "/api/v1/auth/token/", {"username": "alice", "password": "pw-123456"}, format="json"
-    )
-    assert resp.status_code == 200
-    tokens = resp.json()
-    claims = jwt.decode(tokens["access"], settings.JWT_SECRET_KEY, algorithms=["HS256"])
-    assert claims["sub"] == "alice"
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
-    assert client.get("/api/v1/conversations/").status_code == 200
-    refreshed = client.post("/api/v1/auth/token/refresh/", {"refresh": tokens["refresh"]})
-    assert refreshed.status_code == 200 and refreshed.json()["access"]
-
-
-def test_wrong_password_is_401_in_the_error_shape(user):
-    resp = APIClient().post(
-        "/api/v1/auth/token/", {"username": "alice", "password": "nope"}, format="json"
-    )
-    _assert_error(resp, 401)
-
-
-def test_token_from_the_auth_service_provisions_its_subject_as_a_user(db):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {_token(sub='auth-service-user-42')}")
-    assert client.get("/api/v1/conversations/").status_code == 200
-    assert get_user_model().objects.filter(username="auth-service-user-42").exists()
-
-
-@pytest.mark.parametrize(
-    "token",
-    [
-        "not-a-jwt",
-        jwt.encode({"sub": "alice", "exp": int(time.time()) + 300}, "wrong-key" * 4, "HS256"),
-        "expired",
-        "refresh",
-        "no-sub",
-    ],
-    ids=["garbage", "wrong-key", "expired", "refresh-token", "no-subject"],
-)
-def test_bad_or_expired_token_is_401(user, token):
-    if token == "expired":
-        token = _token(exp=int(time.time()) - 60)
-    elif token == "refresh":
-        token = _token(token_type="refresh")
-    elif token == "no-sub":
-        token = jwt.encode({"exp": int(time.time()) + 60}, settings.JWT_SECRET_KEY, "HS256")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    _assert_error(client.get("/api/v1/conversations/"), 401, "authentication_failed")
-
-
-def test_no_credentials_is_401(db):
-    _assert_error(APIClient().get("/api/v1/conversations/"), 401, "not_authenticated")
 
 
 def test_session_login_opens_the_api_and_the_chat_page(user, client):
@@ -97,12 +27,12 @@ def test_another_users_conversation_is_404_over_rest(conversation, other_user):
     client = APIClient()
     client.force_authenticate(other_user)
     base = f"/api/v1/conversations/{conversation.pk}"
-    _assert_error(client.get(f"{base}/"), 404, "not_found")
-    _assert_error(client.get(f"{base}/messages/"), 404, "not_found")
-    _assert_error(client.post(f"{base}/messages/", {"content": "hi"}, format="json"), 404)
-    _assert_error(client.delete(f"{base}/"), 404)
+    assert_error(client.get(f"{base}/"), 404, "not_found")
+    assert_error(client.get(f"{base}/messages/"), 404, "not_found")
+    assert_error(client.post(f"{base}/messages/", {"content": "hi"}, format="json"), 404)
+    assert_error(client.delete(f"{base}/"), 404)
     greeting_id = conversation.active_leaf_id
-    _assert_error(
+    assert_error(
         client.post(f"/api/v1/messages/{greeting_id}/feedback/", {"rating": 1}, format="json"),
         404,
     )
