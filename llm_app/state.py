@@ -12,7 +12,7 @@ from datetime import datetime
 from django.db.models import F
 from django.utils import timezone
 
-from llm_app.attempts import Progress
+from llm_app.attempts import Progress, storable
 from llm_app.models import Generation
 from llm_app.services import generation_requeue
 from messages_app import events
@@ -145,7 +145,8 @@ def generation_fail_stale(generation_id: int, *, code: str, text: str) -> bool:
     progress = Progress(parts=[message.content], seq=message.stream_seq)
     logged = log_read_sync(message.stream_key)
     if len(logged) > message.stream_seq:
-        progress = Progress(parts=[text for _, text in logged], seq=len(logged))
+        # Logs written by an older worker may hold text the database refuses.
+        progress = Progress(parts=[storable(text) for _, text in logged], seq=len(logged))
     progress.model = message.model
     failed = generation_finish(
         generation, progress, Message.Status.FAILED, error_code=code, error_message=text

@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import redis
-
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
