@@ -31,8 +31,9 @@ from tests.helpers import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _reset_database() -> None:
-    """What a test-database reset or a restore from an older backup does to the ids."""
+def _reset_database(next_ids: dict[Any, int]) -> None:
+    """What a test-database reset or a restore from an older backup does: the rows are gone
+    and the ids of `next_ids` are given out again from the values given."""
     from django.contrib.auth import get_user_model
 
     from llm_app.models import Generation
@@ -42,10 +43,20 @@ def _reset_database() -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+            for model, next_id in next_ids.items():
+                cursor.execute(
+                    "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, false)",
+                    [model._meta.db_table, next_id],
+                )
         else:
             for table in tables:
                 cursor.execute(f"DELETE FROM {table}")  # noqa: S608
             cursor.execute("DELETE FROM sqlite_sequence")
+            for model, next_id in next_ids.items():
+                cursor.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES (%s, %s)",
+                    [model._meta.db_table, next_id - 1],
+                )
 
 
 def _fresh_installation() -> tuple[Conversation, list[tuple[bytes, bytes]]]:
@@ -68,7 +79,12 @@ async def test_after_a_database_reset_new_replies_never_meet_the_old_ones_redis_
     # Stale keys of the old installation: its log (kept 15 min), and a cancel flag.
     await sync_to_async(cancel_signal)(old_reply.stream_key)
 
-    await sync_to_async(_reset_database)()
+    from llm_app.models import Generation
+
+    old_generation = old[1]["message"]["generation_id"]
+    await sync_to_async(_reset_database)(
+        {Conversation: conversation.pk, Generation: old_generation, Message: old_reply.pk - 2}
+    )
     new_conversation, headers = await sync_to_async(_fresh_installation)()
     assert new_conversation.pk == conversation.pk  # the ids really repeat
 
