@@ -7,4 +7,4 @@ class AccountsAppConfig(AppConfig):
     verbose_name = "Accounts"
 
     def ready(self) -> None:
-        from accounts_app import signals  # noqa: F401  (connects the receivers)
+        from accounts_app import schema, signals  # noqa: F401  (they register on import)

@@ -105,6 +105,8 @@ class ExternalAccessToken(Token):
         self.check_exp()
         if self.payload.get(api_settings.TOKEN_TYPE_CLAIM, self.token_type) != self.token_type:
             raise TokenError("Token has wrong type")
+        if self.payload.get("iss") == TOKEN_ISSUER or FINGERPRINT_CLAIM in self.payload:
+            raise TokenError("Token is invalid")  # shaped like ours: never provisions
         iat = self.payload.get("iat")
         if isinstance(iat, bool) or not isinstance(iat, int | float):
             raise TokenError("Token has no 'iat' claim")

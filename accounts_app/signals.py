@@ -15,9 +15,13 @@ from accounts_app.events import account_revoked_send
 
 
 @receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="accounts_app.user_saved")
-def _user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+def _user_saved(
+    sender: Any, instance: Any, created: bool, update_fields: Any = None, **kwargs: Any
+) -> None:
     if created or instance.is_active:
         return
+    if update_fields is not None and "is_active" not in update_fields:
+        return  # e.g. last_login: is_active was not what changed
     user_id = instance.pk
     transaction.on_commit(lambda: account_revoked_send(user_id=user_id, reason="deactivated"))
 

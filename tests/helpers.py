@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import django_rq
@@ -16,6 +19,7 @@ from rq.job import Job
 from messageservice.asgi import application
 
 ORIGIN = (b"origin", b"http://localhost")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_llm_worker() -> bool:
@@ -90,6 +94,31 @@ def _database_url() -> str:
         auth += f":{db['PASSWORD']}"
     host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
     return f"postgres://{auth}@{host}:{port}/{db['NAME']}"
+
+
+def start_worker_process(
+    fake_llm: Any, *queues: str, redis_url: str | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """A real `manage.py rqworker` process (queue `llm` unless told) for fault tests, with
+    short leases and a fast reaper; `env` overrides its settings."""
+    full = worker_env(
+        fake_llm,
+        **{
+            "GENERATION_LEASE_SECONDS": "2",
+            "REAPER_INTERVAL_SECONDS": "0.5",
+            "LLM_RETRY_ATTEMPTS": "0",
+            **env,
+        },
+    )
+    if redis_url is not None:
+        full["REDIS_URL"] = redis_url
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "rqworker", *(queues or ("llm",))],
+        cwd=ROOT,
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def reply_log_key(generation_id: int) -> str:

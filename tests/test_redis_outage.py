@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tests.helpers import (
     deltas_of,
     receive_until,
     send_message,
-    worker_env,
+    start_worker_process,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,24 +78,6 @@ def private_redis(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pr
         redis_clients.reset()
 
 
-def _start_worker(fake_llm: Any, redis_url: str, **extra: str) -> subprocess.Popen[bytes]:
-    env = worker_env(
-        fake_llm,
-        GENERATION_LEASE_SECONDS="2",
-        REAPER_INTERVAL_SECONDS="0.5",
-        LLM_RETRY_ATTEMPTS="0",
-        **extra,
-    )
-    env["REDIS_URL"] = redis_url
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", "llm"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def test_a_redis_outage_with_every_slot_busy_keeps_the_worker_and_tells_the_clients(
     conversation, alice_headers, fake_llm, private_redis
 ):
@@ -104,8 +85,11 @@ async def test_a_redis_outage_with_every_slot_busy_keeps_the_worker_and_tells_th
     fake_llm.push(Script.from_text("The queued reply goes on."))
     comm = communicator(f"/ws/conversations/{conversation.pk}/", alice_headers)
     await comm.connect()
-    worker = _start_worker(
-        fake_llm, private_redis.url, MAX_CONCURRENT_REQUESTS="1", MAX_CONCURRENT_LLM_REQUESTS="1"
+    worker = start_worker_process(
+        fake_llm,
+        redis_url=private_redis.url,
+        MAX_CONCURRENT_REQUESTS="1",
+        MAX_CONCURRENT_LLM_REQUESTS="1",
     )
     try:
         streaming = await send_message(comm, "the long one")

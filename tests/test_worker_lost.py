@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tests.helpers import (
     receive_until,
     reply_log_key,
     send_message,
-    worker_env,
+    start_worker_process,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,19 +37,11 @@ SETTLE_BOUND = LEASE + 60
 
 
 def _start_worker(fake_llm: Any, *queues: str, concurrency: int = 5) -> subprocess.Popen[bytes]:
-    env = worker_env(
+    return start_worker_process(
         fake_llm,
+        *queues,
         GENERATION_LEASE_SECONDS=str(LEASE),
-        REAPER_INTERVAL_SECONDS="0.5",
-        LLM_RETRY_ATTEMPTS="0",
         MAX_CONCURRENT_REQUESTS=str(concurrency),
-    )
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", *(queues or ("llm",))],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
 
 
@@ -79,8 +70,13 @@ def _numbered(count: int) -> str:
     return "".join(f" token{i}" if i > 1 else "token1" for i in range(1, count + 1))
 
 
-async def test_a_reply_killed_mid_stream_is_failed_by_the_restarted_idle_worker(
-    conversation, alice_headers, fake_llm, settings
+@pytest.mark.parametrize(
+    "settled_by",
+    [("llm",), ("messages", "analytics", "default")],
+    ids=["the-llm-worker-restarted-at-once-then-idle", "another-worker-when-no-llm-worker-runs"],
+)
+async def test_a_reply_killed_mid_stream_is_failed_with_its_text_and_every_client_told(
+    conversation, alice_headers, fake_llm, settings, settled_by
 ):
     settings.PARTIAL_SAVE_EVERY_TOKENS = 3
     fake_llm.push(Script.numbered(500, token_interval=0.02))
@@ -94,7 +90,9 @@ async def test_a_reply_killed_mid_stream_is_failed_by_the_restarted_idle_worker(
         key = await sync_to_async(reply_log_key)(generation_id)
         await _until(lambda: int(sync_redis().xlen(key)) >= 10)  # type: ignore[arg-type]
         killed_at = _kill(first)
-        restarted = _start_worker(fake_llm)  # at once, and then it has nothing to do
+        # At once; the llm worker then has nothing to do. The `messages` worker is the
+        # embedded run's other worker process.
+        restarted = _start_worker(fake_llm, *settled_by)
         frames = await receive_until(comm, "generation.failed", timeout=SETTLE_BOUND + 5)
         settled_after = time.monotonic() - killed_at
     finally:
@@ -184,28 +182,3 @@ async def test_several_replies_killed_at_once_are_all_settled_and_every_client_t
     assert [e["generation_id"] for e in endings] == generation_ids
     assert {e["error"]["code"] for e in endings} == {"worker_lost"}
     assert not await Message.objects.filter(status__in=["queued", "streaming"]).aexists()
-
-
-async def test_with_no_llm_worker_left_another_worker_process_settles_the_orphans(
-    conversation, alice_headers, fake_llm
-):
-    fake_llm.push(Script.numbered(500, token_interval=0.02))
-    comm = communicator(f"/ws/conversations/{conversation.pk}/", alice_headers)
-    await comm.connect()
-    created = await send_message(comm, "Keep talking")
-    generation_id = created[1]["message"]["generation_id"]
-    llm_worker = _start_worker(fake_llm)
-    other = None
-    try:
-        key = await sync_to_async(reply_log_key)(generation_id)
-        await _until(lambda: int(sync_redis().xlen(key)) >= 5)  # type: ignore[arg-type]
-        _kill(llm_worker)
-        # Only the post-processing worker runs now (the embedded run's `worker` process).
-        other = _start_worker(fake_llm, "messages", "analytics", "default")
-        frames = await receive_until(comm, "generation.failed", timeout=SETTLE_BOUND + 5)
-    finally:
-        _stop(llm_worker, *([other] if other else []))
-    await comm.disconnect()
-    assert frames[-1]["error"]["code"] == "worker_lost"
-    reply = await Message.objects.aget(generation__pk=generation_id)
-    assert reply.status == "failed"
