@@ -64,6 +64,26 @@ def deltas_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [f for f in frames if f["type"] == "generation.delta"]
 
 
+async def start_streaming(
+    conversation: Any, headers: Any, text: str = "Go"
+) -> tuple[Any, int, Any]:
+    """Connect, send a message, start a burst worker in the background;
+    (communicator, generation id, worker task)."""
+    comm = communicator(f"/ws/conversations/{conversation.pk}/", headers)
+    assert (await comm.connect())[0]
+    created = await send_message(comm, text)
+    worker = asyncio.ensure_future(arun_llm_worker())
+    return comm, created[1]["message"]["generation_id"], worker
+
+
+async def receive_deltas(comm: Any, count: int) -> list[dict[str, Any]]:
+    """Frames until `count` deltas have arrived; the deltas."""
+    frames: list[dict[str, Any]] = []
+    while len(deltas_of(frames)) < count:
+        frames.append(await comm.receive_json_from(timeout=10))
+    return deltas_of(frames)
+
+
 async def send_message(comm: Any, content: str, client_id: str = "") -> list[dict[str, Any]]:
     """Send `message.send` and wait for both `message.created` frames: the job is queued then."""
     await comm.send_json_to({"type": "message.send", "content": content, "client_id": client_id})
