@@ -17,9 +17,10 @@ from uuid import UUID
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
-from accounts_app.events import account_group
 from messages_app import events, selectors, services
+from messages_app.accounts.revocation import account_group
 from messages_app.broadcast import conversation_group
 from messages_app.errors import InvalidInput, NotFound, ServiceError
 from messages_app.models import Conversation, Message
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 # Application close codes: 4000 + the HTTP status the REST API would give.
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
-MAX_FRAME_BYTES = 64 * 1024
 
 
 def _positive_int(frame: dict[str, Any], key: str, *, default: int | None = None) -> int:
@@ -99,10 +99,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.group:
             return
-        if text_data is None or len(text_data) > MAX_FRAME_BYTES:
-            await self._error(
-                "bad_frame", f"Send JSON text frames of at most {MAX_FRAME_BYTES} bytes."
-            )
+        # daphne already closes with 1009 on a frame over WS_MAX_MESSAGE_BYTES (its bytes);
+        # this guards servers without that limit.
+        limit = settings.WS_MAX_MESSAGE_BYTES
+        if text_data is None or len(text_data) > limit:
+            await self._error("bad_frame", f"Send JSON text frames of at most {limit} bytes.")
             return
         try:
             frame = json.loads(text_data)

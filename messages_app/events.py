@@ -92,6 +92,11 @@ def conversation_deleted(*, conversation_id: int) -> Event:
     return {"type": "conversation.deleted", "conversation_id": conversation_id}
 
 
+def account_revoked(reason: str) -> Event:
+    """To the user's own group (not a frame): its sockets answer with an `error` and close 4401."""
+    return {"type": "account.revoked", "reason": reason}
+
+
 def error(code: str, message: str, details: dict[str, Any] | None = None) -> Event:
     body: dict[str, Any] = {"code": code, "message": message}
     if details:

@@ -196,7 +196,6 @@ INSTALLED_APPS = [
     "messages_app",
     "llm_app",
     "analytics_app",
-    "accounts_app",
 ]
 
 MIDDLEWARE = [
@@ -259,7 +258,7 @@ if not DEBUG:
 # --- REST framework ------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "accounts_app.auth.JWTAuthentication",
+        "messages_app.accounts.auth.JWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -280,13 +279,13 @@ SIMPLE_JWT = {
     "USER_ID_FIELD": "username",
     "USER_ID_CLAIM": "sub",
     "AUTH_HEADER_TYPES": ("Bearer",),
-    # Our tokens, and the auth service's; accounts_app.auth says how they differ.
+    # Our tokens, and the auth service's; messages_app.accounts.auth says how they differ.
     "AUTH_TOKEN_CLASSES": (
-        "accounts_app.auth.ServiceAccessToken",
-        "accounts_app.auth.ExternalAccessToken",
+        "messages_app.accounts.auth.ServiceAccessToken",
+        "messages_app.accounts.auth.ExternalAccessToken",
     ),
-    "TOKEN_OBTAIN_SERIALIZER": "accounts_app.auth.TokenObtainPairSerializer",
-    "TOKEN_REFRESH_SERIALIZER": "accounts_app.auth.TokenRefreshSerializer",
+    "TOKEN_OBTAIN_SERIALIZER": "messages_app.accounts.auth.TokenObtainPairSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "messages_app.accounts.auth.TokenRefreshSerializer",
 }
 
 SPECTACULAR_SETTINGS = {

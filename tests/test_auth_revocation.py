@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts_app.models import DeletedAccount, subject_digest
+from messages_app.models import DeletedAccount, subject_digest
 from tests.factories import UserFactory
 from tests.helpers import communicator, session_headers
 from tests.test_auth_tokens import assert_error, bearer, external_token, login

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from accounts_app.auth import subject_max_length
+from messages_app.accounts.auth import subject_max_length
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -161,16 +161,3 @@ def test_feedback_on_a_reply_and_bad_feedback(api, conversation, user, fake_llm)
     user_url = f"/api/v1/messages/{result.user_message.pk}/feedback/"
     _error(api.post(user_url, {"rating": 1}, format="json"), 400, "not_a_reply")
     _error(api.post("/api/v1/messages/999999/feedback/", {"rating": 1}, format="json"), 404)
-
-
-def test_health_and_ready_report_their_checks(client):
-    body = client.get("/health").json()
-    assert body["status"] == "ok" and body["checks"] == {"database": "ok", "redis": "ok"}
-    assert client.get("/ready").json()["checks"]["migrations"] == "ok"
-
-
-def test_health_is_503_when_redis_is_down(client, settings):
-    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    resp = client.get("/health")
-    assert resp.status_code == 503
-    assert resp.json()["checks"]["redis"].startswith("error")

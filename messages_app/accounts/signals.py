@@ -10,11 +10,13 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from accounts_app import services
-from accounts_app.events import account_revoked_send
+from messages_app.accounts import services
+from messages_app.accounts.revocation import account_revoked_send
 
 
-@receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="accounts_app.user_saved")
+@receiver(
+    post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="messages_app.accounts.user_saved"
+)
 def _user_saved(
     sender: Any, instance: Any, created: bool, update_fields: Any = None, **kwargs: Any
 ) -> None:
@@ -26,7 +28,9 @@ def _user_saved(
     transaction.on_commit(lambda: account_revoked_send(user_id=user_id, reason="deactivated"))
 
 
-@receiver(post_delete, sender=settings.AUTH_USER_MODEL, dispatch_uid="accounts_app.user_deleted")
+@receiver(
+    post_delete, sender=settings.AUTH_USER_MODEL, dispatch_uid="messages_app.accounts.user_deleted"
+)
 def _user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     services.account_tombstone_record(username=instance.get_username())
     user_id = instance.pk

@@ -7,7 +7,7 @@ Both kinds are HS256 with JWT_SECRET_KEY (settings.SIMPLE_JWT) and name the user
   a password change ends every access and refresh token issued before it.
 - The auth service's (any other `iss`, or none) must carry `iat` and live at most
   JWT_EXTERNAL_MAX_LIFETIME_MINUTES. Their `sub` is provisioned as a user on first use,
-  unless that account was deleted after the token was issued (accounts_app.models).
+  unless that account was deleted after the token was issued (messages_app.models).
 
 Either way a deactivated user's tokens are refused, and a `sub` longer than the username
 field is refused rather than cut.
@@ -29,11 +29,11 @@ from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, Token
 from rest_framework_simplejwt.utils import datetime_from_epoch
 
-from accounts_app.services import AccountDeleted, user_provision
+from messages_app.accounts.services import AccountDeleted, user_provision
 
 TOKEN_ISSUER = "message-service"  # noqa: S105 (a name, not a secret)
 FINGERPRINT_CLAIM = "pwd_fingerprint"
-_FINGERPRINT_SALT = "accounts_app.auth.password_fingerprint"
+_FINGERPRINT_SALT = "messages_app.accounts.auth.password_fingerprint"
 
 
 def password_fingerprint(user: AbstractBaseUser, *, secret: str | bytes | None = None) -> str:

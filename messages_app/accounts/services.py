@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts_app.models import DeletedAccount, subject_digest
+from messages_app.models import DeletedAccount, subject_digest
 
 
 class AccountDeleted(Exception):

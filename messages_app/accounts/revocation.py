@@ -7,9 +7,9 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-logger = logging.getLogger(__name__)
+from messages_app import events
 
-ACCOUNT_REVOKED = "account.revoked"
+logger = logging.getLogger(__name__)
 
 
 def account_group(user_id: int) -> str:
@@ -27,8 +27,6 @@ def account_revoked_send(*, user_id: int, reason: str) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(
-            account_group(user_id), {"type": ACCOUNT_REVOKED, "reason": reason}
-        )
+        async_to_sync(layer.group_send)(account_group(user_id), events.account_revoked(reason))
     except Exception:
         logger.warning("could not close the websockets of user %s", user_id, exc_info=True)
