@@ -60,13 +60,20 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.user_group, self.channel_name)
         try:
             conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
-            self.conversation = await database_sync_to_async(selectors.conversation_get)(
+            # Read after joining the user's group, so a deactivation committed before the
+            # join is seen here and one committed after it reaches account_revoked.
+            opened = await database_sync_to_async(selectors.conversation_for_socket)(
                 user=user, conversation_id=conversation_id
             )
         except (ValueError, NotFound):
             await self._error("not_found", "No such conversation.")
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        if opened is None:
+            await self._error("not_authenticated", "This account is no longer active.")
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        self.conversation = opened
         self.group = conversation_group(self.conversation)
         await self.channel_layer.group_add(self.group, self.channel_name)
 

@@ -57,6 +57,20 @@ def conversation_get(*, user: Any, conversation_id: int) -> Conversation:
     return conversation
 
 
+def conversation_for_socket(*, user: Any, conversation_id: int) -> Conversation | None:
+    """The user's conversation for a websocket; None when the account is no longer active
+    (checked afresh, not from the session). NotFound as conversation_get."""
+    conversation = (
+        conversations_of(user)
+        .select_related("character", "owner")
+        .filter(pk=conversation_id)
+        .first()
+    )
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    return conversation if conversation.owner.is_active else None
+
+
 def message_get(*, user: Any, message_id: int) -> Message:
     message = (
         Message.objects.select_related("conversation", "conversation__character")
