@@ -103,7 +103,7 @@ def _lock_conversation(conversation: Conversation) -> Conversation:
     the one before, in the order they arrive. NotFound if the conversation was deleted."""
     locked = (
         Conversation.objects.select_for_update(of=("self",))
-        .select_related("character")
+        .select_related("character", "active_leaf")
         .filter(pk=conversation.pk)
         .first()
     )
@@ -143,7 +143,8 @@ def message_send(
                     raise InvalidInput("A message cannot answer a user message.", code="bad_parent")
                 depth = parent.depth + 1
             else:
-                depth = _depth_of(locked.active_leaf_id)
+                leaf = locked.active_leaf
+                depth = leaf.depth + 1 if leaf is not None else 0
             user_message = Message.objects.create(
                 conversation=locked,
                 parent_id=parent_id if parent_id is not None else locked.active_leaf_id,
@@ -161,13 +162,6 @@ def message_send(
         raise
     conversation.active_leaf_id = locked.active_leaf_id
     return SendResult(user_message, assistant, generation_id, created=True)
-
-
-def _depth_of(message_id: int | None) -> int:
-    if message_id is None:
-        return 0
-    depth = Message.objects.filter(pk=message_id).values_list("depth", flat=True).first()
-    return 0 if depth is None else depth + 1
 
 
 def _queue_reply(
