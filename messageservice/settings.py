@@ -126,7 +126,7 @@ DEFAULT_TEMPERATURE: float = env.float("DEFAULT_TEMPERATURE", default=0.7)
 # timeout. Stop strings go to every provider (OpenAI takes the first 4); the penalties only
 # where the API has them (repeat_penalty: llama-server, LM Studio; not OpenAI, Anthropic).
 DEFAULT_MAX_TOKENS: int = env.int("DEFAULT_MAX_TOKENS", default=200)
-DEFAULT_REPEAT_PENALTY: float = env.float("DEFAULT_REPEAT_PENALTY", default=1.15)  # 1 = off
+DEFAULT_REPEAT_PENALTY: float = env.float("DEFAULT_REPEAT_PENALTY", default=1.1)  # 1 = off
 # OpenAI's penalties, -2..2; 0 (off) is not sent.
 DEFAULT_FREQUENCY_PENALTY: float = env.float("DEFAULT_FREQUENCY_PENALTY", default=0.0)
 DEFAULT_PRESENCE_PENALTY: float = env.float("DEFAULT_PRESENCE_PENALTY", default=0.0)
