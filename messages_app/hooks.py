@@ -16,6 +16,8 @@ logger = logging.getLogger("messages_app.replies")
 
 def reply_finished(message_id: int) -> None:
     """A reply reached a terminal status (committed). Never raises into its caller."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     try:
         row = (
             Message.objects.filter(pk=message_id)
