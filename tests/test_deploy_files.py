@@ -262,8 +262,13 @@ def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 def require_tool(name: str, how: str) -> str:
-    path = shutil.which(name)
+    """The tool's path: on PATH or in this venv's bin. Missing, the test skips, unless the tool
+    is named in REQUIRE_TOOLS (CI), where a missing tool is a failure, not a hidden gap."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
+        required = os.environ.get("REQUIRE_TOOLS", "").split(",")
+        if name in required:
+            pytest.fail(f"{name} is required here (REQUIRE_TOOLS) but missing: {how}")
         pytest.skip(f"{name} is not on PATH ({how})")
     return path
 
