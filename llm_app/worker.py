@@ -273,7 +273,15 @@ class GenerationWorker(SimpleWorker):
     def teardown(self) -> None:
         # Let running generations finish (warm shutdown) before the worker unregisters.
         self._wait_for_jobs()
-        super().teardown()
+        try:
+            super().teardown()
+        except redis.RedisError as exc:
+            # Redis is down while the worker stops: it cannot unregister, but its pub/sub
+            # thread must still stop rather than retry for as long as the process lives.
+            logger.warning("worker teardown: Redis unavailable (%s)", exc)
+            if self.pubsub_thread is not None:
+                self.pubsub_thread.stop()
+                self.pubsub_thread.join(timeout=3)
 
     def _install_signal_handlers(self) -> None:
         # Signal handlers can only be installed from the main thread; tests run workers in
