@@ -264,6 +264,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def layer_reconnected(self, event: dict[str, Any]) -> None:
         """This process's channel layer lost Redis for a while, and the events published
         meanwhile are gone: catch up on every followed reply from its log and the database."""
+        if not self.group:
+            return  # not (or no longer) serving a conversation
         for generation_id in [g for g in self.sent if g not in self.ended]:
             reply = await database_sync_to_async(selectors.reply_in_conversation)(
                 conversation_id=self.conversation.pk, generation_id=generation_id
