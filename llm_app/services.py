@@ -5,11 +5,13 @@ These implement messages_app's ReplyEngine (registered in llm_app.apps).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import django_rq
+import redis
 from django.conf import settings
-from rq import Callback
+from rq import Callback, Queue
 
 from llm_app.cancel import cancel_signal
 from llm_app.models import Generation
@@ -65,20 +67,28 @@ def generation_create(*, message: Message) -> Generation:
     )
 
 
-def generation_enqueue(generation: Generation) -> None:
+@cache
+def _llm_queue(connection: redis.Redis) -> Queue:
+    # One Queue per connection: a new Queue asks Redis for its version (INFO) on first enqueue.
+    return django_rq.get_queue("llm", connection=connection)
+
+
+def generation_enqueue(generation: Generation, pipeline: Any = None) -> None:
     """Put the generation on queue `llm` as job `generation.job_id`. Call after commit: the job
     must find the rows. The job carries the reply's stream key, so a job meeting a database
-    that is not its own (reset, restored, another installation on this Redis) does nothing."""
-    queue = django_rq.get_queue("llm", connection=sync_redis())
-    queue.enqueue(
+    that is not its own (reset, restored, another installation on this Redis) does nothing.
+
+    With `pipeline` (of sync_redis()), the job's commands are only added to it: the caller's
+    `execute()` queues the job, in the same round trip as its other commands."""
+    _llm_queue(sync_redis()).enqueue_call(
         "llm_app.jobs.generate_reply",
-        generation.pk,
-        generation.message.stream_key.hex,
+        args=(generation.pk, generation.message.stream_key.hex),
         job_id=generation.job_id,
-        job_timeout=int(settings.MESSAGE_PROCESSING_TIMEOUT) + 30,
+        timeout=int(settings.MESSAGE_PROCESSING_TIMEOUT) + 30,
         result_ttl=600,
         failure_ttl=86400,
         on_failure=Callback("llm_app.jobs.on_generation_job_failure"),
+        pipeline=pipeline,
     )
 
 
@@ -98,8 +108,8 @@ class LLMReplyEngine:
     def prepare(self, reply: Message) -> int:
         return generation_create(message=reply).pk
 
-    def start(self, reply: Message) -> None:
-        generation_enqueue(reply.generation)
+    def start(self, reply: Message, pipeline: Any = None) -> None:
+        generation_enqueue(reply.generation, pipeline)
 
     def cancel(self, reply: Message) -> None:
         cancel_signal(reply.stream_key)

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -19,6 +20,7 @@ from django.conf import settings
 
 from messages_app.events import Event
 from messages_app.models import Conversation
+from messageservice.channel_layer import group_publisher
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,20 @@ async def asend_or_retry(group: str, *events: Event) -> None:
             logger.warning("could not announce %s; retrying in the background", event["type"])
             _retry_later(group, list(events[index:]))
             return
+
+
+def publish_in(pipeline: Any, conversation: Conversation, *events: Event) -> bool:
+    """Add the PUBLISH of each event to `conversation`'s group to a sync Redis `pipeline`
+    (of the channel layer's Redis), so they leave in the caller's round trip. False, adding
+    nothing, when the channel layer is not one that can be published to directly."""
+    group = conversation_group(conversation)
+    publisher = group_publisher(get_channel_layer(), group)
+    if publisher is None:
+        return False
+    channel, serialize = publisher
+    for event in events:
+        pipeline.publish(channel, serialize(checked_event(event)))
+    return True
 
 
 def send_event(conversation: Conversation, *events: Event) -> None:

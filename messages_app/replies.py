@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.db import transaction
 from django.utils import timezone
@@ -31,8 +31,10 @@ class ReplyEngine(Protocol):
         """Inside the caller's transaction: set up the generation of the queued `reply`;
         returns its generation id."""
 
-    def start(self, reply: Message) -> None:
-        """After commit: queue the generation. Raises if it cannot be queued."""
+    def start(self, reply: Message, pipeline: Any = None) -> None:
+        """After commit: queue the generation. Raises if it cannot be queued. With `pipeline`
+        (a pipeline of messageservice.redis_clients.sync_redis()), only add the commands to it;
+        the caller executes it."""
 
     def cancel(self, reply: Message) -> None:
         """Ask a running generation to stop; it then ends the reply `cancelled`."""

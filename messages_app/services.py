@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from messages_app import events
-from messages_app.broadcast import send_event
+from messages_app.broadcast import publish_in, send_event
 from messages_app.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
 from messages_app.models import Character, Conversation, Feedback, Message
 from messages_app.replies import ReplyEnd, reply_end, reply_engine
 from messages_app.selectors import branch_leaf_under, siblings_of
+from messageservice.redis_clients import sync_redis
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,14 @@ def _lock_conversation(conversation: Conversation) -> Conversation:
     """Inside a transaction: lock the conversation's row and read its active leaf afresh.
 
     Sends on one conversation are serialised here, so concurrent sends each answer the reply of
-    the one before, in the order they arrive. NotFound if the conversation was deleted."""
+    the one before, in the order they arrive. NotFound if the conversation was deleted.
+    `leaf_has_children` tells whether a new answer to the active leaf has siblings."""
     locked = (
         Conversation.objects.select_for_update(of=("self",))
         .select_related("character", "active_leaf")
+        .annotate(
+            leaf_has_children=Exists(Message.objects.filter(parent_id=OuterRef("active_leaf_id")))
+        )
         .filter(pk=conversation.pk)
         .first()
     )
@@ -124,14 +133,12 @@ def message_send(
 
     Without `parent_id` the message answers the conversation's active leaf, read under the
     conversation's row lock. Idempotent on `client_id`: a repeat returns the first result and
-    creates nothing. If the queue cannot take the job, both messages are removed again and
-    `Unavailable` is raised, so no message ever exists without a job behind it.
+    creates nothing (the unique index finds it: the common first send pays no lookup). If the
+    queue cannot take the job, both messages are removed again and `Unavailable` is raised, so
+    no message ever exists without a job behind it.
     """
     content = check_message_content(content)
     client_id = check_client_id(client_id)
-    if client_id and (existing := _existing_send(conversation, client_id)):
-        return existing
-
     try:
         with transaction.atomic():
             locked = _lock_conversation(conversation)
@@ -142,9 +149,11 @@ def message_send(
                 if parent.role == Message.Role.USER:
                     raise InvalidInput("A message cannot answer a user message.", code="bad_parent")
                 depth = parent.depth + 1
+                alone = False
             else:
                 leaf = locked.active_leaf
                 depth = leaf.depth + 1 if leaf is not None else 0
+                alone = leaf is not None and not locked.leaf_has_children  # type: ignore[attr-defined]
             user_message = Message.objects.create(
                 conversation=locked,
                 parent_id=parent_id if parent_id is not None else locked.active_leaf_id,
@@ -154,9 +163,13 @@ def message_send(
                 content=content,
                 client_id=client_id,
             )
-            assistant, generation_id = _queue_reply(locked, user_message, announce=[user_message])
+            # The new user message's siblings; its reply has none.
+            siblings = [user_message.pk] if alone else None
+            assistant, generation_id = _queue_reply(
+                locked, user_message, announce=[user_message], siblings=siblings
+            )
     except IntegrityError:
-        # A concurrent request with the same client_id won the race; answer with its result.
+        # A repeat of an earlier send (or a concurrent one that won the race): its result.
         if client_id and (existing := _existing_send(conversation, client_id)):
             return existing
         raise
@@ -165,12 +178,17 @@ def message_send(
 
 
 def _queue_reply(
-    conversation: Conversation, user_message: Message, *, announce: list[Message]
+    conversation: Conversation,
+    user_message: Message,
+    *,
+    announce: list[Message],
+    siblings: list[int] | None = None,
 ) -> tuple[Message, int]:
     """Inside a transaction: a queued reply to `user_message`, made the active leaf, with its
     generation started after commit. `announce` are the other new messages of this change:
     if the queue fails they are deleted with the reply (nothing half-saved) and Unavailable
-    is raised; otherwise they are announced with the reply."""
+    is raised; otherwise they are announced with the reply. `siblings`, when the caller knows
+    them, are those of announce[0]."""
     engine = reply_engine()
     assistant = Message.objects.create(
         conversation=conversation,
@@ -187,16 +205,36 @@ def _queue_reply(
     )
     conversation.active_leaf = assistant
     created = [*announce, assistant]
-    transaction.on_commit(lambda: _start_and_announce(conversation, created, previous_leaf))
+    if siblings is not None:
+        known = {announce[0].pk: siblings, assistant.pk: [assistant.pk]}
+    else:
+        known = siblings_of(created)
+    transaction.on_commit(lambda: _start_and_announce(conversation, created, previous_leaf, known))
     return assistant, generation_id
 
 
 def _start_and_announce(
-    conversation: Conversation, created: list[Message], previous_leaf: int | None
+    conversation: Conversation,
+    created: list[Message],
+    previous_leaf: int | None,
+    siblings: dict[int, list[int]],
 ) -> None:
+    """After commit, in one Redis round trip (MULTI/EXEC): announce the new messages, then
+    queue the reply's job. If that fails, nothing was announced or queued: the messages are
+    removed again and Unavailable is raised."""
+    client_id = created[0].client_id if created[0].role == Message.Role.USER else ""
+    frames = [
+        events.message_created(message, siblings=siblings[message.pk], client_id=client_id)
+        for message in created
+    ]
     try:
-        reply_engine().start(created[-1])
+        with sync_redis().pipeline(transaction=True) as pipe:
+            pipe.multi()  # explicit, as RQ expects of a pipeline it is given
+            published = publish_in(pipe, conversation, *frames)
+            reply_engine().start(created[-1], pipe)
+            pipe.execute()
     except Exception as exc:
+        logger.warning("could not queue reply %s (%r); removed", created[-1].pk, exc)
         with transaction.atomic():
             Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=previous_leaf)
             for message in reversed(created):
@@ -206,15 +244,8 @@ def _start_and_announce(
             "The generation queue is unavailable; nothing was saved. Try again.",
             code="queue_unavailable",
         ) from exc
-    client_id = created[0].client_id if created[0].role == Message.Role.USER else ""
-    siblings = siblings_of(created)
-    send_event(
-        conversation,
-        *(
-            events.message_created(message, siblings=siblings[message.pk], client_id=client_id)
-            for message in created
-        ),
-    )
+    if not published:
+        send_event(conversation, *frames)
 
 
 def message_regenerate(*, message: Message) -> tuple[Message, int]:
