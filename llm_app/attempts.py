@@ -45,14 +45,28 @@ class Progress:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     provider: str = ""
     model: str = ""
+    # The generation's start (database + `generation.started`), which runs while the LLM is
+    # asked: nothing of this generation reaches the clients before it is done.
+    ready: asyncio.Future[bool] | None = None
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
+    async def wait_ready(self) -> None:
+        """Return once the generation has started; NotStarted if it could not start."""
+        if self.ready is not None:
+            if not await self.ready:
+                raise NotStarted
+            self.ready = None
+
 
 class Cancelled(Exception):
     """The reply was cancelled while it streamed."""
+
+
+class NotStarted(Exception):
+    """The reply was no longer queued when its worker took it up (cancelled, or taken over)."""
 
 
 def storable(text: str) -> str:
@@ -86,7 +100,7 @@ def candidates(generation: Generation) -> list[tuple[str, str]]:
     return chosen
 
 
-async def first_chunk(iterator: Any, generation: Generation) -> Any:
+async def first_chunk(iterator: Any, generation: Generation, progress: Progress) -> Any:
     """The first chunk within REQUEST_TIMEOUT_SECONDS, with heartbeats to the clients meanwhile."""
     started = time.monotonic()
     deadline = started + settings.REQUEST_TIMEOUT_SECONDS
@@ -100,6 +114,7 @@ async def first_chunk(iterator: Any, generation: Generation) -> Any:
             if time.monotonic() >= deadline:
                 raise ProviderError("llm_timeout", "The LLM sent no token in time.", retryable=True)
             waiting_ms = int((time.monotonic() - started) * 1000)
+            await progress.wait_ready()
             await announce(
                 generation,
                 events.generation_heartbeat(generation_id=generation.pk, waiting_ms=waiting_ms),
@@ -127,7 +142,7 @@ async def stream_once(
     publisher = DeltaPublisher(message, generation_id=generation.pk)
     iterator = provider.stream(request).__aiter__()
     try:
-        chunk = await first_chunk(iterator, generation)
+        chunk = await first_chunk(iterator, generation, progress)
         while True:
             if chunk.prompt_tokens is not None:
                 progress.prompt_tokens = chunk.prompt_tokens
@@ -137,6 +152,7 @@ async def stream_once(
             if chunk.text:
                 if progress.first_token_at is None:
                     progress.first_token_at = timezone.now()
+                    await progress.wait_ready()
                 text = storable(chunk.text)
                 progress.seq += 1
                 progress.parts.append(text)
@@ -181,6 +197,7 @@ async def stream_with_fallback(
                 last_error = exc
                 if not exc.retryable or attempt == settings.LLM_RETRY_ATTEMPTS:
                     break
+                await progress.wait_ready()
                 await announce(
                     generation,
                     events.generation_retrying(
@@ -203,13 +220,16 @@ async def stream_unless_cancelled(
     Cancelled then."""
     stream_key = generation.message.stream_key
     watcher = cancel_watcher()
-    cancelled = await watcher.watch(stream_key)
+    # The LLM is asked first; the cancel flag is checked while it thinks.
+    work = asyncio.ensure_future(stream_with_fallback(generation, prompt, progress, save_partial))
     try:
-        if cancelled.is_set():
-            raise Cancelled
-        work = asyncio.ensure_future(
-            stream_with_fallback(generation, prompt, progress, save_partial)
-        )
+        cancelled = await watcher.watch(stream_key)
+    except BaseException:
+        work.cancel()
+        with contextlib.suppress(BaseException):
+            await work
+        raise
+    try:
         stop = asyncio.ensure_future(cancelled.wait())
         try:
             await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils import timezone
 
-from llm_app.attempts import Cancelled, Progress, stream_unless_cancelled
+from llm_app.attempts import Cancelled, NotStarted, Progress, stream_unless_cancelled
 from llm_app.lease import renew_lease
-from llm_app.prompts import prompt_build
+from llm_app.models import Generation
+from llm_app.prompts import history_limit, prompt_build
 from llm_app.providers import ProviderError
 from llm_app.state import (
     generation_finish,
-    generation_load,
+    generation_load_with_history,
     generation_save_partial,
     generation_start,
 )
@@ -34,32 +37,50 @@ logger = logging.getLogger(__name__)
 _save_partial = sync_to_async(generation_save_partial)
 
 
+async def _begin(generation: Generation, taken_at: datetime) -> bool:
+    """Mark the reply streaming and announce `generation.started`; False if it is no longer
+    queued. Runs while the LLM computes its first token."""
+    if not await sync_to_async(generation_start)(generation, taken_at):
+        return False
+    reply = generation.message
+    await asend_event(
+        conversation_group(reply.conversation),
+        events.generation_started(
+            generation_id=generation.pk, message_id=reply.pk, attempt=generation.attempt
+        ),
+    )
+    return True
+
+
 async def run_generation(generation_id: int, stream_key: str | None = None) -> None:
     """Run one generation to a terminal status. Safe to call twice: a finished one is left
     alone. `stream_key` is the reply's, as the job was queued; a mismatch means the job is
-    another database's, and nothing is done."""
-    generation = await sync_to_async(generation_load)(generation_id, stream_key)
-    if generation is None:
+    another database's, and nothing is done.
+
+    The LLM is asked first: one database read (the generation and its history), the prompt,
+    and the request goes out; marking the reply started and announcing it run meanwhile, and
+    no delta is published before they are done (Progress.ready)."""
+    taken_at = timezone.now()
+    loaded = await sync_to_async(generation_load_with_history)(
+        generation_id, stream_key, history_limit=history_limit(settings.LLM_CONTEXT_TOKENS)
+    )
+    if loaded is None:
         logger.warning("generation %s is not this database's; nothing to do", generation_id)
         return
-    if not await sync_to_async(generation_start)(generation):
+    generation, history = loaded
+    reply = generation.message
+    if reply.status != Message.Status.QUEUED:
         logger.info("generation %s is not queued any more; skipped", generation_id)
         return
-    reply = generation.message
     progress = Progress(saved_at=time.monotonic())
+    progress.ready = began = asyncio.ensure_future(_begin(generation, taken_at))
     status, code, text = Message.Status.COMPLETED, "", ""
     lease = asyncio.ensure_future(renew_lease(reply.stream_key))
     try:
-        await asend_event(
-            conversation_group(reply.conversation),
-            events.generation_started(
-                generation_id=generation.pk, message_id=reply.pk, attempt=generation.attempt
-            ),
-        )
         async with asyncio.timeout(settings.MESSAGE_PROCESSING_TIMEOUT):
             prompt = await prompt_build(
-                conversation=reply.conversation,
-                reply=reply,
+                character=reply.conversation.character,
+                history=history,
                 provider=generation.provider,
                 model=generation.model,
                 context_tokens=settings.LLM_CONTEXT_TOKENS,
@@ -71,12 +92,13 @@ async def run_generation(generation_id: int, stream_key: str | None = None) -> N
                 "provider": generation.provider,
                 "model": generation.model,
                 "params": generation.params,
-                "attempt": generation.attempt,
             }
             await stream_unless_cancelled(generation, prompt, progress, _save_partial)
         if progress.finish_reason is None:
             status, code = Message.Status.FAILED, "llm_bad_stream"
             text = "The LLM stream ended without finishing the reply."
+    except NotStarted:
+        pass
     except Cancelled:
         status = Message.Status.CANCELLED
     except ProviderError as exc:
@@ -92,6 +114,17 @@ async def run_generation(generation_id: int, stream_key: str | None = None) -> N
         status, code, text = Message.Status.FAILED, "internal_error", "The reply failed."
     finally:
         lease.cancel()
+    # Whatever happened, the end comes after the start (and its announcement).
+    try:
+        if not await began:
+            logger.info("generation %s is not queued any more; skipped", generation_id)
+            return
+    except redis.RedisError:
+        logger.exception("generation %s could not announce its start", generation_id)
+        status, code, text = Message.Status.FAILED, "redis_unavailable", "Redis was unavailable."
+    except Exception:
+        logger.exception("generation %s could not start", generation_id)
+        status, code, text = Message.Status.FAILED, "internal_error", "The reply failed."
     await sync_to_async(generation_finish)(
         generation, progress, status, error_code=code, error_message=text
     )

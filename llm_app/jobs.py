@@ -25,8 +25,12 @@ def generate_reply(generation_id: int, stream_key: str | None = None) -> None:
     In the concurrent llm worker the coroutine runs on the worker's shared event loop; in a
     plain RQ work horse it gets a loop of its own.
     """
-    from llm_app.worker import shared_loop
+    from llm_app.worker import shared_loop, started_generation
 
+    started = started_generation()
+    if started is not None:
+        started.result()  # the worker started it when it took the job
+        return
     loop = shared_loop()
     if loop is not None:
         asyncio.run_coroutine_threadsafe(run_generation(generation_id, stream_key), loop).result()

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from llm_app.providers import shared_http
 from llm_app.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
-from messages_app.models import Character, Conversation, Message
-from messages_app.selectors import branch_messages
+from messages_app.models import Character, Message
+from messages_app.selectors import Turn, branch_turns
 
 _HISTORY_ROLES = {Message.Role.USER, Message.Role.ASSISTANT}
 _HISTORY_STATUSES = {Message.Status.COMPLETED, Message.Status.CANCELLED}
@@ -42,12 +41,21 @@ class Prompt:
     manifest: dict[str, Any]
 
 
-def _history(conversation: Conversation, reply: Message) -> list[Message]:
-    """The branch up to the reply's user turn, without failed or unfinished replies."""
+def history_limit(context_tokens: int) -> int:
+    """How many messages of a branch a prompt reads at most. A message costs at least
+    PER_MESSAGE_OVERHEAD tokens, so no more than context / overhead can fit (the newest goes in
+    even alone); twice that leaves room for the failed replies that are read and skipped. So
+    the read is bounded by the context, not by the conversation's length."""
+    fit = max(0, context_tokens) // PER_MESSAGE_OVERHEAD + 1
+    return 2 * fit + 2
+
+
+def history_read(*, conversation_id: int, reply: Message, limit: int) -> list[Turn]:
+    """The branch up to the reply's user turn, without failed or unfinished replies (sync)."""
     assert reply.parent_id is not None, "a reply always answers a message"
     return [
         m
-        for m in branch_messages(conversation=conversation, leaf_id=reply.parent_id)
+        for m in branch_turns(conversation_id=conversation_id, leaf_id=reply.parent_id, limit=limit)
         if m.role in _HISTORY_ROLES
         and (m.role == Message.Role.USER or m.status in _HISTORY_STATUSES)
     ]
@@ -60,16 +68,16 @@ def counter_for(provider: str, model: str) -> TokenCounter:
 
 async def prompt_build(
     *,
-    conversation: Conversation,
-    reply: Message,
+    character: Character,
+    history: list[Turn],
     provider: str,
     model: str,
     context_tokens: int,
     max_tokens: int,
 ) -> Prompt:
-    """The messages for `reply`; turns are dropped oldest first until everything fits."""
-    system = system_text(conversation.character)
-    history = await sync_to_async(_history)(conversation, reply)
+    """The messages for a reply to the end of `history` (history_read); turns are dropped
+    oldest first until everything fits."""
+    system = system_text(character)
     byte_bound = [len(m.content.encode()) + PER_MESSAGE_OVERHEAD for m in history]
     system_bound = len(system.encode()) + PER_MESSAGE_OVERHEAD
     if system_bound + sum(byte_bound) <= context_tokens - max_tokens:
@@ -90,7 +98,7 @@ async def prompt_build(
     system_count = await counter.count(system)
     system_tokens = system_count.tokens + PER_MESSAGE_OVERHEAD
     budget = context_tokens - max_tokens - system_tokens
-    chosen: list[tuple[Message, int]] = []
+    chosen: list[tuple[Turn, int]] = []
     used = 0
     newest_first = list(reversed(history))
     full = False
@@ -122,8 +130,8 @@ async def prompt_build(
 
 def _prompt(
     system: str,
-    chosen: list[tuple[Message, int]],
-    history: list[Message],
+    chosen: list[tuple[Turn, int]],
+    history: list[Turn],
     *,
     system_tokens: int,
     budget: int,
@@ -131,15 +139,15 @@ def _prompt(
     max_tokens: int,
     counter: str,
 ) -> Prompt:
-    kept = {m.pk for m, _ in chosen}
+    kept = {m.id for m, _ in chosen}
     used = sum(cost for _, cost in chosen)
     messages = [{"role": "system", "content": system}] + [
         {"role": m.role, "content": m.content} for m, _ in chosen
     ]
     manifest = {
-        "message_ids": [m.pk for m, _ in chosen],
+        "message_ids": [m.id for m, _ in chosen],
         "message_tokens": [cost for _, cost in chosen],
-        "dropped_message_ids": [m.pk for m in history if m.pk not in kept],
+        "dropped_message_ids": [m.id for m in history if m.id not in kept],
         "system_tokens": system_tokens,
         "history_tokens": used,
         "prompt_tokens_counted": system_tokens + used,

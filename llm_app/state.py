@@ -9,16 +9,19 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from llm_app.attempts import Progress, storable
 from llm_app.models import Generation
+from llm_app.prompts import history_read
 from llm_app.services import generation_requeue
 from messages_app import events
 from messages_app.broadcast import send_event
 from messages_app.models import Message
 from messages_app.replies import ReplyEnd, reply_end
+from messages_app.selectors import Turn
 from messages_app.streams import log_read_sync
 
 logger = logging.getLogger(__name__)
@@ -47,16 +50,33 @@ def generation_load(generation_id: int, stream_key: str | None = None) -> Genera
     return generation
 
 
-def generation_start(generation: Generation) -> bool:
-    """Move the reply from queued to streaming; False if it is no longer queued."""
-    now = timezone.now()
+def generation_load_with_history(
+    generation_id: int, stream_key: str | None, *, history_limit: int
+) -> tuple[Generation, list[Turn]] | None:
+    """generation_load, and the history its prompt is built from (prompts.history_read), in
+    one call: the worker's one database step before it asks the LLM."""
+    generation = generation_load(generation_id, stream_key)
+    if generation is None:
+        return None
+    reply = generation.message
+    if reply.status != Message.Status.QUEUED:
+        return generation, []
+    history = history_read(conversation_id=reply.conversation_id, reply=reply, limit=history_limit)
+    return generation, history
+
+
+def generation_start(generation: Generation, now: datetime | None = None) -> bool:
+    """Move the reply from queued to streaming (one transaction); False if it is no longer
+    queued. `now`: when the worker took it up."""
+    now = now or timezone.now()
     message = generation.message
-    updated = Message.objects.filter(pk=message.pk, status=Message.Status.QUEUED).update(
-        status=Message.Status.STREAMING, updated_at=now
-    )
-    if not updated:
-        return False
-    Generation.objects.filter(pk=generation.pk).update(started_at=now, attempt=F("attempt") + 1)
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=message.pk, status=Message.Status.QUEUED).update(
+            status=Message.Status.STREAMING, updated_at=now
+        )
+        if not updated:
+            return False
+        Generation.objects.filter(pk=generation.pk).update(started_at=now, attempt=F("attempt") + 1)
     generation.started_at = now
     generation.attempt += 1
     message.status = Message.Status.STREAMING

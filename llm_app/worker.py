@@ -20,6 +20,7 @@ seed's `python manage.py rqworker llm` picks it up with no flags), keeps RQ's qu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import copy
 import logging
@@ -29,6 +30,7 @@ import uuid
 from typing import Any
 
 import redis
+import uvloop
 from django.conf import settings
 from django.db import connections
 from rq import SimpleWorker
@@ -46,8 +48,17 @@ def shared_loop() -> asyncio.AbstractEventLoop | None:
     return getattr(_job_thread, "loop", None)
 
 
+def started_generation() -> concurrent.futures.Future[None] | None:
+    """The current job's generation, if the worker already started it on its loop."""
+    return getattr(_job_thread, "generation", None)
+
+
+GENERATE_REPLY = "llm_app.jobs.generate_reply"
+
+
 def _start_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
-    loop = asyncio.new_event_loop()
+    # uvloop: a cheaper loop for the many small reads and writes of streaming.
+    loop = uvloop.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="generation-loop", daemon=True)
     thread.start()
     return loop, thread
@@ -238,13 +249,25 @@ class GenerationWorker(SimpleWorker):
         self._local.release()
 
     def execute_job(self, job: Any, queue: Any) -> None:
-        """Start the job in its own thread and return at once for the next one."""
+        """Start the job in its own thread and return at once for the next one.
+
+        A generation job's coroutine is started on the loop right here, before RQ's own
+        bookkeeping for the job (in the job's thread), so the LLM is asked without waiting
+        for it; the job then waits for that coroutine."""
+        generation = None
+        if job.func_name == GENERATE_REPLY and self._loop is not None:
+            from llm_app.generation import run_generation
+
+            generation = asyncio.run_coroutine_threadsafe(run_generation(*job.args), self._loop)
         token, self._held = self._held, None
         # A shallow copy gives the thread its own per-job bookkeeping (execution, current job)
         # while it shares this worker's connection, queues and registries.
         runner = copy.copy(self)
         thread = threading.Thread(
-            target=self._run, args=(runner, job, queue, token), name=f"job-{job.id}", daemon=True
+            target=self._run,
+            args=(runner, job, queue, token, generation),
+            name=f"job-{job.id}",
+            daemon=True,
         )
         with self._lock:
             self._threads.add(thread)
@@ -252,9 +275,17 @@ class GenerationWorker(SimpleWorker):
                 self._tokens[id(thread)] = token
         thread.start()
 
-    def _run(self, runner: GenerationWorker, job: Any, queue: Any, token: str | None) -> None:
+    def _run(
+        self,
+        runner: GenerationWorker,
+        job: Any,
+        queue: Any,
+        token: str | None,
+        generation: concurrent.futures.Future[None] | None,
+    ) -> None:
         # The job's coroutine runs on this worker's loop (jobs.generate_reply looks it up).
         _job_thread.loop = self._loop
+        _job_thread.generation = generation
         try:
             runner.prepare_execution(job)
             runner.perform_job(job, queue)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from django.db import connection
@@ -20,6 +20,29 @@ WITH RECURSIVE branch(id, parent_id, n) AS (
 )
 SELECT id FROM branch
 """
+
+
+# The same walk, carrying what a prompt needs, so a prompt's history is one query of plain rows.
+_TURNS_SQL = """
+WITH RECURSIVE branch(id, parent_id, role, status, content, n) AS (
+    SELECT id, parent_id, role, status, content, 1 FROM {table}
+    WHERE id = %s AND conversation_id = %s
+    UNION ALL
+    SELECT m.id, m.parent_id, m.role, m.status, m.content, b.n + 1
+    FROM {table} m JOIN branch b ON m.id = b.parent_id
+    WHERE b.n < %s
+)
+SELECT id, role, status, content FROM branch ORDER BY n DESC
+"""
+
+
+class Turn(NamedTuple):
+    """A message of a branch as a prompt reads it."""
+
+    id: int
+    role: str
+    status: str
+    content: str
 
 
 _LEAF_SQL = """
@@ -91,6 +114,16 @@ def branch_ids(*, conversation_id: int, leaf_id: int, limit: int) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [leaf_id, conversation_id, limit])
         return [row[0] for row in cursor.fetchall()]
+
+
+def branch_turns(*, conversation_id: int, leaf_id: int, limit: int) -> list[Turn]:
+    """The last `limit` messages of the branch ending at `leaf_id`, oldest first, as plain
+    rows (no model instances): one query whose cost grows with `limit`, not with the
+    conversation."""
+    sql = _TURNS_SQL.format(table=Message._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [leaf_id, conversation_id, limit])
+        return [Turn(*row) for row in cursor.fetchall()]
 
 
 def branch_messages(
