@@ -1,17 +1,35 @@
-"""OpenAI-compatible streaming chat: LM Studio, llama-server, vLLM, Ollama and OpenAI itself."""
+"""OpenAI-compatible streaming chat: LM Studio, llama-server, vLLM, Ollama and OpenAI itself.
+
+The chat call is a plain httpx request with an orjson body, and the server-sent events are
+parsed here (llm_app.providers.openai_stream), not by the openai SDK, whose SSE decoder and
+pydantic model per chunk, and whose recursive transform of `messages` per request, were most
+of the worker's CPU per token (bench/parse_micro.py compares the two). The body sent, the
+chunks yielded and the errors raised are the SDK path's; the SDK is not imported here.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import httpx
-import openai
+import orjson
 
 from llm_app.providers.base import ChatRequest, ProviderError, StreamChunk
+from llm_app.providers.openai_stream import ChatStreamParser
 
 # OpenAI's chat API takes at most this many stop sequences.
 OPENAI_MAX_STOP = 4
+# The openai SDK's default base URL, used when neither the settings nor OPENAI_BASE_URL give one.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+# The openai SDK's connection pool; the provider is kept per event loop (providers/__init__.py).
+CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+# How much of an error response is read (into the ProviderError's __cause__, for debugging).
+ERROR_BODY_LIMIT = 64 * 1024
+# How much is read after `data: [DONE]` so that the connection goes back to the pool: the end
+# of the chunked body, normally; a server that keeps talking past this gets its connection closed.
+DRAIN_LIMIT = 64 * 1024
 
 
 def request_options(request: ChatRequest, *, openai_api: bool) -> dict[str, Any]:
@@ -37,6 +55,78 @@ def request_options(request: ChatRequest, *, openai_api: bool) -> dict[str, Any]
     return options
 
 
+def request_body(request: ChatRequest, *, openai_api: bool) -> dict[str, Any]:
+    """The JSON body of the streaming chat call: what the SDK's `chat.completions.create(
+    stream=True, stream_options={"include_usage": True}, **request_options(...))` sends, keys
+    in the same order (messages, model, the rest by name) and `extra_body` merged in last."""
+    options = request_options(request, openai_api=openai_api)
+    extra_body = options.pop("extra_body", None)
+    options["stream"] = True
+    options["stream_options"] = {"include_usage": True}
+    body: dict[str, Any] = {"messages": request.messages, "model": request.model}
+    body.update(sorted(options.items()))
+    if extra_body:
+        body.update(extra_body)
+    return body
+
+
+class LLMHTTPStatus(Exception):
+    """An error answer, kept as the ProviderError's __cause__: its status and body."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body.decode('utf-8', 'replace')}")
+        self.status = status
+        self.body = body
+
+
+def _status_error(status: int) -> ProviderError:
+    if status == 429:
+        return ProviderError("llm_rate_limited", "The LLM is rate limited.", retryable=True)
+    return ProviderError("llm_error", f"The LLM answered HTTP {status}.", retryable=status >= 500)
+
+
+async def _error_body(response: httpx.Response) -> bytes:
+    """The start of an error answer; whatever could be read if reading it fails."""
+    body = b""
+    try:
+        async for data in response.aiter_bytes():
+            body += data
+            if len(body) >= ERROR_BODY_LIMIT:
+                break
+    except (httpx.HTTPError, ValueError):
+        pass
+    return body[:ERROR_BODY_LIMIT]
+
+
+def _bad_stream() -> ProviderError:
+    return ProviderError("llm_bad_stream", "The LLM stream broke off or was malformed.")
+
+
+def coalesce(chunks: list[StreamChunk]) -> list[StreamChunk]:
+    """The chunks of one network read, with consecutive text pieces joined into one.
+
+    Only what has already arrived together is joined, so no piece ever waits for another: a
+    worker keeping up sees one piece per read and publishes each at once; one that falls behind
+    publishes the backlog as one delta instead of many (fewer log entries and frames)."""
+    if len(chunks) < 2:
+        return chunks
+    out: list[StreamChunk] = []
+    for chunk in chunks:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and chunk.text
+            and last.text
+            and last.finish_reason is None
+            and last.prompt_tokens is None
+            and chunk.prompt_tokens is None
+        ):
+            out[-1] = StreamChunk(text=last.text + chunk.text, finish_reason=chunk.finish_reason)
+        else:
+            out.append(chunk)
+    return out
+
+
 class OpenAICompatibleProvider:
     name = "openai_compatible"
 
@@ -45,58 +135,79 @@ class OpenAICompatibleProvider:
     ) -> None:
         # openai_api: the server is OpenAI's, which rejects parameters of other servers.
         self._openai_api = openai_api
+        # As the SDK: no base_url means OPENAI_BASE_URL, else OpenAI's cloud.
+        root = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+        self._url = f"{root.rstrip('/')}/chat/completions"
+        headers = {
+            "Authorization": f"Bearer {api_key or 'not-needed'}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        # The SDK sends these too when they are set.
+        for header, variable in (
+            ("OpenAI-Organization", "OPENAI_ORG_ID"),
+            ("OpenAI-Project", "OPENAI_PROJECT_ID"),
+        ):
+            value = os.environ.get(variable)
+            if value:
+                headers[header] = value
+        # One pool per provider (kept per event loop): connections are reused across replies.
         # The read timeout bounds the wait for every chunk, so a stalled stream fails too.
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or "not-needed",
+        self._client = httpx.AsyncClient(
+            headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            max_retries=0,
+            limits=CONNECTION_LIMITS,
+            follow_redirects=True,
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.aclose()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         try:
-            stream = await self._client.chat.completions.create(
-                model=request.model,
-                messages=cast(Any, request.messages),
-                stream=True,
-                stream_options={"include_usage": True},
-                **request_options(request, openai_api=self._openai_api),
+            content = orjson.dumps(request_body(request, openai_api=self._openai_api))
+        except orjson.JSONEncodeError as exc:
+            # Text that is not UTF-8 (a lone surrogate): the SDK's json encoding failed with a
+            # ValueError, which was reported as a bad stream too.
+            raise _bad_stream() from exc
+        client = self._client
+        try:
+            response = await client.send(
+                client.build_request("POST", self._url, content=content), stream=True
             )
-            try:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        yield StreamChunk(
-                            prompt_tokens=chunk.usage.prompt_tokens,
-                            completion_tokens=chunk.usage.completion_tokens,
-                        )
-                    for choice in chunk.choices:
-                        text = choice.delta.content if choice.delta else None
-                        if text or choice.finish_reason:
-                            yield StreamChunk(text=text or "", finish_reason=choice.finish_reason)
-            finally:
-                # Also on cancel: closing the response stops the LLM generating for nobody.
-                await stream.close()
-        except (openai.APITimeoutError, httpx.TimeoutException) as exc:
+        except httpx.TimeoutException as exc:
             raise ProviderError("llm_timeout", "The LLM did not answer in time.") from exc
-        except openai.APIConnectionError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            # As the SDK's APIConnectionError: no answer at all (refused, reset, bad URL, ...).
             raise ProviderError(
                 "llm_unavailable", "The LLM server cannot be reached.", retryable=True
             ) from exc
-        except openai.RateLimitError as exc:
-            raise ProviderError(
-                "llm_rate_limited", "The LLM is rate limited.", retryable=True
-            ) from exc
-        except openai.APIStatusError as exc:
-            raise ProviderError(
-                "llm_error",
-                f"The LLM answered HTTP {exc.status_code}.",
-                retryable=exc.status_code >= 500,
-            ) from exc
-        except (httpx.HTTPError, ValueError, openai.APIError) as exc:
-            # A malformed SSE line or a connection cut mid-body ends up here.
-            raise ProviderError(
-                "llm_bad_stream", "The LLM stream broke off or was malformed."
-            ) from exc
+        parser = ChatStreamParser()
+        try:
+            if not response.is_success:
+                status = response.status_code
+                raise _status_error(status) from LLMHTTPStatus(status, await _error_body(response))
+            drained = 0
+            async for data in response.aiter_bytes():
+                if parser.done:
+                    # Read to the end so that the connection can be reused, within reason.
+                    drained += len(data)
+                    if drained > DRAIN_LIMIT:
+                        break
+                    continue
+                for chunk in coalesce(parser.feed(data)):
+                    yield chunk
+            for chunk in parser.finish():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            if not parser.done:
+                raise ProviderError("llm_timeout", "The LLM did not answer in time.") from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            # A malformed SSE line or a connection cut mid-body. After [DONE] the reply is
+            # complete whatever happens to the rest of the body.
+            if not parser.done:
+                raise _bad_stream() from exc
+        finally:
+            # Also on cancel or when the consumer stops early: closing the response (and so
+            # the connection) stops the LLM generating for nobody.
+            await response.aclose()
