@@ -14,6 +14,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
+import orjson
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -44,6 +45,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     conversation: Conversation
     group: str = ""
     user_group: str = ""
+
+    @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        return orjson.dumps(content).decode()
 
     async def connect(self) -> None:
         self.sent: dict[int, int] = {}  # generation id -> last seq this client was sent
@@ -238,7 +243,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return  # not followed (the client resumes it), or already sent
         if seq > sent + 1:
             await self._fill(generation_id, upto=seq - 1)
-        await self.send_json(event)
+        # The hottest send of the service: straight to the server, encoded with orjson.
+        await self.base_send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
         self.sent[generation_id] = seq
 
     async def _generation_end(self, event: dict[str, Any]) -> None:

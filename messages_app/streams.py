@@ -10,6 +10,7 @@ outlives the reply by TOKEN_LOG_TTL_SECONDS (at least 10 minutes) for clients th
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any
 from uuid import UUID
 
@@ -33,12 +34,27 @@ def log_key(stream_key: UUID) -> str:
     return reply_key(stream_key, "tokens")
 
 
+# KEYS[1] = the token log; ARGV = seq, text, first-delta TTL, pub/sub channel ("" = none),
+# the serialized event. The append comes first and a refused one (a seq already logged)
+# aborts the script, so a delta is never published without its log entry.
+_APPEND_AND_PUBLISH = """
+redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 't', ARGV[2])
+if ARGV[1] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+return 1
+"""
+
+
 class DeltaPublisher:
     """Appends the deltas of one reply to its log and publishes each to the conversation.
 
     Made once per stream: the group's pub/sub channel is resolved here, so each delta costs
-    one Redis round trip (XADD and PUBLISH in one pipeline). The append comes first, so a client
-    that resumes from the log never misses a delta that was already sent live.
+    one Redis command (a script: XADD, then PUBLISH). The append comes first, so a client that
+    resumes from the log never misses a delta that was already sent live.
     """
 
     def __init__(self, reply: Message, *, generation_id: int) -> None:
@@ -47,22 +63,30 @@ class DeltaPublisher:
         self.group = conversation_group(reply.conversation)
         self.publisher = group_publisher(get_channel_layer(), self.group)
         self.first_ttl = int(settings.MESSAGE_PROCESSING_TIMEOUT) + settings.TOKEN_LOG_TTL_SECONDS
+        self.script = _append_script(async_redis())
 
     async def publish(self, seq: int, text: str) -> None:
         event = checked_event(
             events.generation_delta(generation_id=self.generation_id, seq=seq, text=text)
         )
-        async with async_redis().pipeline(transaction=False) as pipe:
-            pipe.xadd(self.key, {"t": text}, id=f"{seq}-0")
-            if seq == 1:
-                # Bound the life of a log whose writer dies before it can set the final expiry.
-                pipe.expire(self.key, self.first_ttl)
-            if self.publisher is not None:
-                channel, serialize = self.publisher
-                pipe.publish(channel, serialize(event))
-            await pipe.execute()
+        channel, payload = ("", b"")
+        if self.publisher is not None:
+            channel, serialize = self.publisher
+            payload = serialize(event)
+        await self.script(keys=[self.key], args=[seq, text, self.first_ttl, channel, payload])
         if self.publisher is None:
             await asend_event(self.group, event)
+
+
+_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _append_script(client: Any) -> Any:
+    """The append-and-publish script, registered once per asyncio Redis client."""
+    script = _scripts.get(client)
+    if script is None:
+        script = _scripts[client] = client.register_script(_APPEND_AND_PUBLISH)
+    return script
 
 
 def log_seal(stream_key: UUID) -> None:
