@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from messages_app import events
@@ -106,19 +106,80 @@ def _lock_conversation(conversation: Conversation) -> Conversation:
 
     Sends on one conversation are serialised here, so concurrent sends each answer the reply of
     the one before, in the order they arrive. NotFound if the conversation was deleted.
-    `leaf_has_children` tells whether a new answer to the active leaf has siblings."""
+    """
     locked = (
         Conversation.objects.select_for_update(of=("self",))
         .select_related("character", "active_leaf")
-        .annotate(
-            leaf_has_children=Exists(Message.objects.filter(parent_id=OuterRef("active_leaf_id")))
-        )
         .filter(pk=conversation.pk)
         .first()
     )
     if locked is None:
         raise NotFound("No such conversation.")
     return locked
+
+
+def _columns(model: Any, alias: str) -> str:
+    quote = connection.ops.quote_name
+    return ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
+
+
+@cache
+def _converters(model: Any, vendor: str) -> list[tuple[str, list[Any], Any]]:
+    """(attname, converters, column) per concrete field: what the ORM applies to a row."""
+    out = []
+    for field in model._meta.concrete_fields:
+        column = field.get_col(model._meta.db_table)
+        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        out.append((field.attname, converters, column))
+    return out
+
+
+def _instance(model: Any, values: tuple[Any, ...]) -> Any:
+    converted = []
+    for (_, converters, column), value in zip(
+        _converters(model, connection.vendor), values, strict=True
+    ):
+        for converter in converters:
+            value = converter(value, column, connection)
+        converted.append(value)
+    names = [name for name, _, _ in _converters(model, connection.vendor)]
+    return model.from_db(connection.alias, names, converted)
+
+
+@cache
+def _send_lock_sql(vendor: str) -> str:
+    quote = connection.ops.quote_name
+    messages = quote(Message._meta.db_table)
+    lock = ""
+    if connection.features.has_select_for_update:
+        lock = " " + connection.ops.for_update_sql(of=("c",))
+    # Identifiers come from the models' metadata; the id is a parameter.
+    return (
+        f"SELECT {_columns(Conversation, 'c')}, {_columns(Character, 'ch')}, l.depth,"  # noqa: S608
+        f" EXISTS(SELECT 1 FROM {messages} k WHERE k.parent_id = c.active_leaf_id)"
+        f" FROM {quote(Conversation._meta.db_table)} c"
+        f" JOIN {quote(Character._meta.db_table)} ch ON ch.id = c.character_id"
+        f" LEFT JOIN {messages} l ON l.id = c.active_leaf_id"
+        f" WHERE c.id = %s{lock}"
+    )
+
+
+def _lock_for_send(conversation: Conversation) -> tuple[Conversation, int | None, bool]:
+    """_lock_conversation for a send, in one statement written once: the locked conversation
+    (with its character read afresh), the depth of its active leaf (None without one), and
+    whether that leaf already has children. The ORM would compile this query on every send,
+    which cost more than running it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_send_lock_sql(connection.vendor), [conversation.pk])
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound("No such conversation.")
+    split = len(Conversation._meta.concrete_fields)
+    end = split + len(Character._meta.concrete_fields)
+    locked = _instance(Conversation, row[:split])
+    locked.character = _instance(Character, row[split:end])
+    leaf_depth, leaf_has_children = row[end], bool(row[end + 1])
+    return locked, leaf_depth, leaf_has_children
 
 
 def message_send(
@@ -141,7 +202,7 @@ def message_send(
     client_id = check_client_id(client_id)
     try:
         with transaction.atomic():
-            locked = _lock_conversation(conversation)
+            locked, leaf_depth, leaf_has_children = _lock_for_send(conversation)
             if parent_id is not None:
                 parent = Message.objects.filter(pk=parent_id, conversation=locked).first()
                 if parent is None:
@@ -151,9 +212,8 @@ def message_send(
                 depth = parent.depth + 1
                 alone = False
             else:
-                leaf = locked.active_leaf
-                depth = leaf.depth + 1 if leaf is not None else 0
-                alone = leaf is not None and not locked.leaf_has_children  # type: ignore[attr-defined]
+                depth = leaf_depth + 1 if leaf_depth is not None else 0
+                alone = leaf_depth is not None and not leaf_has_children
             user_message = Message.objects.create(
                 conversation=locked,
                 parent_id=parent_id if parent_id is not None else locked.active_leaf_id,
