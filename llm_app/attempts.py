@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -214,15 +215,24 @@ async def stream_with_fallback(
 
 
 async def stream_unless_cancelled(
-    generation: Generation, prompt: Prompt, progress: Progress, save_partial: Any
+    generation: Generation,
+    prompt: Prompt,
+    progress: Progress,
+    save_partial: Any,
+    *,
+    asked: Callable[[], None] = lambda: None,
 ) -> None:
     """stream_with_fallback, stopped (and the provider stream closed) by a cancel: raises
-    Cancelled then."""
+    Cancelled then. `asked` is called once the stream has had its first turn on the loop
+    (over a kept-alive connection, the request is then written)."""
     stream_key = generation.message.stream_key
     watcher = cancel_watcher()
-    # The LLM is asked first; the cancel flag is checked while it thinks.
+    # The LLM is asked first; the rest (the caller's bookkeeping, the cancel flag) is done
+    # while it thinks.
     work = asyncio.ensure_future(stream_with_fallback(generation, prompt, progress, save_partial))
     try:
+        await asyncio.sleep(0)
+        asked()
         cancelled = await watcher.watch(stream_key)
     except BaseException:
         work.cancel()

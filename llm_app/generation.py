@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import redis
 from asgiref.sync import sync_to_async
@@ -31,10 +33,23 @@ from llm_app.state import (
 from messages_app import events
 from messages_app.broadcast import asend_event, conversation_group
 from messages_app.models import Message
+from messages_app.selectors import Turn
 
 logger = logging.getLogger(__name__)
 
 _save_partial = sync_to_async(generation_save_partial)
+
+
+async def _begin_into(
+    ready: asyncio.Future[bool], generation: Generation, taken_at: datetime
+) -> None:
+    try:
+        ready.set_result(await _begin(generation, taken_at))
+    except asyncio.CancelledError:
+        ready.cancel()
+        raise
+    except Exception as exc:
+        ready.set_exception(exc)
 
 
 async def _begin(generation: Generation, taken_at: datetime) -> bool:
@@ -73,9 +88,29 @@ async def run_generation(generation_id: int, stream_key: str | None = None) -> N
         logger.info("generation %s is not queued any more; skipped", generation_id)
         return
     progress = Progress(saved_at=time.monotonic())
-    progress.ready = began = asyncio.ensure_future(_begin(generation, taken_at))
+    # Resolved by the start (_begin), which runs once the LLM has been asked; no delta or
+    # event of this generation reaches the clients before it.
+    ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    progress.ready = ready
+    tasks: list[asyncio.Future[Any]] = []
+
+    def asked() -> None:
+        if not tasks:
+            tasks.append(asyncio.ensure_future(_begin_into(ready, generation, taken_at)))
+            tasks.append(asyncio.ensure_future(renew_lease(reply.stream_key)))
+
+    try:
+        await _generate(generation, history, progress, asked)
+    finally:
+        for task in tasks[1:]:
+            task.cancel()  # the lease
+
+
+async def _generate(
+    generation: Generation, history: list[Turn], progress: Progress, asked: Callable[[], None]
+) -> None:
+    reply = generation.message
     status, code, text = Message.Status.COMPLETED, "", ""
-    lease = asyncio.ensure_future(renew_lease(reply.stream_key))
     try:
         async with asyncio.timeout(settings.MESSAGE_PROCESSING_TIMEOUT):
             prompt = await prompt_build(
@@ -93,7 +128,7 @@ async def run_generation(generation_id: int, stream_key: str | None = None) -> N
                 "model": generation.model,
                 "params": generation.params,
             }
-            await stream_unless_cancelled(generation, prompt, progress, _save_partial)
+            await stream_unless_cancelled(generation, prompt, progress, _save_partial, asked=asked)
         if progress.finish_reason is None:
             status, code = Message.Status.FAILED, "llm_bad_stream"
             text = "The LLM stream ended without finishing the reply."
@@ -107,23 +142,23 @@ async def run_generation(generation_id: int, stream_key: str | None = None) -> N
         status, code = Message.Status.FAILED, "timeout"
         text = f"The reply took longer than {settings.MESSAGE_PROCESSING_TIMEOUT:g} s."
     except redis.RedisError:
-        logger.exception("generation %s lost Redis", generation_id)
+        logger.exception("generation %s lost Redis", generation.pk)
         status, code, text = Message.Status.FAILED, "redis_unavailable", "Redis was unavailable."
     except Exception:
-        logger.exception("generation %s crashed", generation_id)
+        logger.exception("generation %s crashed", generation.pk)
         status, code, text = Message.Status.FAILED, "internal_error", "The reply failed."
-    finally:
-        lease.cancel()
+    asked()  # the start, if the stream ended before it was made
     # Whatever happened, the end comes after the start (and its announcement).
     try:
-        if not await began:
-            logger.info("generation %s is not queued any more; skipped", generation_id)
-            return
+        await progress.wait_ready()
+    except NotStarted:
+        logger.info("generation %s is not queued any more; skipped", generation.pk)
+        return
     except redis.RedisError:
-        logger.exception("generation %s could not announce its start", generation_id)
+        logger.exception("generation %s could not announce its start", generation.pk)
         status, code, text = Message.Status.FAILED, "redis_unavailable", "Redis was unavailable."
     except Exception:
-        logger.exception("generation %s could not start", generation_id)
+        logger.exception("generation %s could not start", generation.pk)
         status, code, text = Message.Status.FAILED, "internal_error", "The reply failed."
     await sync_to_async(generation_finish)(
         generation, progress, status, error_code=code, error_message=text
