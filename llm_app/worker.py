@@ -20,6 +20,7 @@ seed's `python manage.py rqworker llm` picks it up with no flags), keeps RQ's qu
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import copy
@@ -35,6 +36,7 @@ from django.conf import settings
 from django.db import connections
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import as_text
 
 from messageservice.redis_clients import sync_redis
 
@@ -54,6 +56,8 @@ def started_generation() -> concurrent.futures.Future[None] | None:
 
 
 GENERATE_REPLY = "llm_app.jobs.generate_reply"
+# At most this many more jobs are taken in one wake-up (bounded by the free slots too).
+PREFETCH_MAX = 16
 
 
 def _start_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
@@ -82,6 +86,16 @@ end
 return 0
 """
 
+# As _ACQUIRE for up to #ARGV - 3 tokens (ARGV[4..]); returns how many, the first ones, it took.
+_ACQUIRE_MANY = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local n = math.min(tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1]), #ARGV - 3)
+for i = 1, n do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[3 + i])
+end
+return math.max(n, 0)
+"""
+
 
 class GlobalSlots:
     """A cluster-wide counting semaphore in Redis with leases, so a dead worker frees its slots.
@@ -94,6 +108,7 @@ class GlobalSlots:
         self.key = f"{settings.SERVICE_NAME}:llm-slots"
         self.lease_seconds = settings.GENERATION_LEASE_SECONDS
         self._acquire = sync_redis().register_script(_ACQUIRE)
+        self._acquire_many = sync_redis().register_script(_ACQUIRE_MANY)
 
     def try_acquire(self) -> str | None:
         token = uuid.uuid4().hex
@@ -101,6 +116,14 @@ class GlobalSlots:
             keys=[self.key], args=[time.time(), self.lease_seconds, self.limit, token]
         )
         return token if taken else None
+
+    def try_acquire_many(self, count: int) -> list[str]:
+        """Up to `count` slots at once (one round trip); their tokens."""
+        tokens = [uuid.uuid4().hex for _ in range(count)]
+        taken = self._acquire_many(
+            keys=[self.key], args=[time.time(), self.lease_seconds, self.limit, *tokens]
+        )
+        return tokens[: int(taken)]
 
     def renew(self, tokens: list[str]) -> None:
         if tokens:
@@ -129,6 +152,8 @@ class GenerationWorker(SimpleWorker):
         )
         self._tokens: dict[int, str] = {}
         self._held: str | None = None
+        # Jobs taken with the one a dequeue woke up for, each with its slots already held.
+        self._prefetched: collections.deque[tuple[Any, Any, str | None]] = collections.deque()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,6 +170,7 @@ class GenerationWorker(SimpleWorker):
             return bool(super().work(*args, **kwargs))
         finally:
             self._keeper_stop.set()
+            self._return_prefetched()
             self._wait_for_jobs()
             asyncio.run_coroutine_threadsafe(_close_loop_resources(), loop).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)
@@ -231,6 +257,9 @@ class GenerationWorker(SimpleWorker):
             time.sleep(1.0)
 
     def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
+        if self._prefetched:
+            job, queue, self._held = self._prefetched.popleft()
+            return job, queue
         if not self._wait_for_slot():
             return None
         try:
@@ -240,7 +269,70 @@ class GenerationWorker(SimpleWorker):
             raise
         if result is None:
             self._release_held()
+        else:
+            self._prefetch(result[1])
         return result
+
+    def _prefetch(self, queue: Any) -> None:
+        """After a wake-up: take the jobs already waiting in `queue` too, as many as there are
+        free local and global slots, in two round trips (the moves, the job hashes) instead of
+        a dequeue each. They go to RQ's intermediate queue, as a dequeue moves them, so a
+        worker that dies with them is covered by RQ's maintenance; they run at once."""
+        local = 0
+        while local < PREFETCH_MAX and self._local.acquire(blocking=False):
+            local += 1
+        if not local:
+            return
+        tokens: list[str | None] = []
+        taken = 0
+        try:
+            if self._global is None:
+                tokens = [None] * local
+            else:
+                tokens = list(self._global.try_acquire_many(local))
+            ids: list[Any] = []
+            if tokens:
+                intermediate = queue.intermediate_queue.key
+                with self.connection.pipeline(transaction=False) as pipe:
+                    for _ in tokens:
+                        pipe.lmove(queue.key, intermediate)
+                    ids = [job_id for job_id in pipe.execute() if job_id is not None]
+            jobs = self.job_class.fetch_many(
+                [as_text(job_id) for job_id in ids],
+                connection=self.connection,
+                serializer=self.serializer,
+            )
+            for job in jobs:
+                if job is not None:
+                    job.redis_server_version = self.get_redis_server_version()
+                    self._prefetched.append((job, queue, tokens.pop()))
+                    taken += 1
+        except redis.RedisError as exc:
+            logger.warning("taking more jobs at once: Redis unavailable (%s)", exc)
+        finally:
+            for token in tokens:  # the slots no job came for
+                if token is not None and self._global is not None:
+                    with contextlib.suppress(redis.RedisError):
+                        self._global.release(token)
+            for _ in range(local - taken):
+                self._local.release()
+
+    def _return_prefetched(self) -> None:
+        """Stopping: put the jobs taken ahead but not started back at the head of their
+        queue, and free their slots."""
+        while self._prefetched:
+            job, queue, token = self._prefetched.pop()
+            try:
+                with self.connection.pipeline() as pipe:
+                    pipe.lrem(queue.intermediate_queue.key, 1, job.id)
+                    pipe.lpush(queue.key, job.id)
+                    pipe.execute()
+                if token is not None and self._global is not None:
+                    self._global.release(token)
+            except redis.RedisError as exc:
+                # RQ's maintenance moves it back from the intermediate queue later.
+                logger.warning("could not give back job %s (%s)", job.id, exc)
+            self._local.release()
 
     def _release_held(self) -> None:
         if self._held is not None and self._global is not None:
