@@ -17,6 +17,7 @@ from messages_app.errors import Conflict, InvalidInput, NotFound, TooLarge, Unav
 from messages_app.models import Character, Conversation, Feedback, Message
 from messages_app.replies import ReplyEnd, reply_end, reply_engine
 from messages_app.selectors import branch_leaf_under, siblings_of
+from messageservice import rows
 from messageservice.redis_clients import sync_redis
 
 logger = logging.getLogger(__name__)
@@ -118,47 +119,18 @@ def _lock_conversation(conversation: Conversation) -> Conversation:
     return locked
 
 
-def _columns(model: Any, alias: str) -> str:
-    quote = connection.ops.quote_name
-    return ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
-
-
-@cache
-def _converters(model: Any, vendor: str) -> list[tuple[str, list[Any], Any]]:
-    """(attname, converters, column) per concrete field: what the ORM applies to a row."""
-    out = []
-    for field in model._meta.concrete_fields:
-        column = field.get_col(model._meta.db_table)
-        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-        out.append((field.attname, converters, column))
-    return out
-
-
-def _instance(model: Any, values: tuple[Any, ...]) -> Any:
-    converted = []
-    for (_, converters, column), value in zip(
-        _converters(model, connection.vendor), values, strict=True
-    ):
-        for converter in converters:
-            value = converter(value, column, connection)
-        converted.append(value)
-    names = [name for name, _, _ in _converters(model, connection.vendor)]
-    return model.from_db(connection.alias, names, converted)
-
-
 @cache
 def _send_lock_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    messages = quote(Message._meta.db_table)
+    messages = rows.table(Message)
     lock = ""
     if connection.features.has_select_for_update:
         lock = " " + connection.ops.for_update_sql(of=("c",))
     # Identifiers come from the models' metadata; the id is a parameter.
     return (
-        f"SELECT {_columns(Conversation, 'c')}, {_columns(Character, 'ch')}, l.depth,"  # noqa: S608
+        f"SELECT {rows.columns(Conversation, 'c')}, {rows.columns(Character, 'ch')}, l.depth,"  # noqa: S608
         f" EXISTS(SELECT 1 FROM {messages} k WHERE k.parent_id = c.active_leaf_id)"
-        f" FROM {quote(Conversation._meta.db_table)} c"
-        f" JOIN {quote(Character._meta.db_table)} ch ON ch.id = c.character_id"
+        f" FROM {rows.table(Conversation)} c"
+        f" JOIN {rows.table(Character)} ch ON ch.id = c.character_id"
         f" LEFT JOIN {messages} l ON l.id = c.active_leaf_id"
         f" WHERE c.id = %s{lock}"
     )
@@ -174,10 +146,10 @@ def _lock_for_send(conversation: Conversation) -> tuple[Conversation, int | None
         row = cursor.fetchone()
     if row is None:
         raise NotFound("No such conversation.")
-    split = len(Conversation._meta.concrete_fields)
-    end = split + len(Character._meta.concrete_fields)
-    locked = _instance(Conversation, row[:split])
-    locked.character = _instance(Character, row[split:end])
+    split = rows.width(Conversation)
+    end = split + rows.width(Character)
+    locked = rows.instance(Conversation, row[:split])
+    locked.character = rows.instance(Character, row[split:end])
     leaf_depth, leaf_has_children = row[end], bool(row[end + 1])
     return locked, leaf_depth, leaf_has_children
 
