@@ -138,7 +138,7 @@ async def stream_once(
     message = generation.message
     provider = provider_for(provider_name)
     interval = settings.PARTIAL_SAVE_INTERVAL_SECONDS
-    every = settings.PARTIAL_SAVE_EVERY_TOKENS
+    every = settings.PARTIAL_SAVE_EVERY_TOKENS or None
     # Made once per stream: the token loop below is the hottest path of the service.
     publisher = DeltaPublisher(message, generation_id=generation.pk)
     iterator = provider.stream(request).__aiter__()
@@ -160,7 +160,7 @@ async def stream_once(
                 await publisher.publish(progress.seq, text)
                 now = time.monotonic()
                 due = now - progress.saved_at >= interval
-                if due or progress.seq - progress.saved_seq >= every:
+                if due or (every and progress.seq - progress.saved_seq >= every):
                     progress.saved_seq, progress.saved_at = progress.seq, now
                     await save_partial(message.pk, progress.text, progress.seq)
             try:

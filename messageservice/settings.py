@@ -143,9 +143,11 @@ REQUEST_TIMEOUT_SECONDS: float = env.float("REQUEST_TIMEOUT_SECONDS", default=30
 MESSAGE_PROCESSING_TIMEOUT: float = env.float("MESSAGE_PROCESSING_TIMEOUT", default=60.0)
 MAX_CONCURRENT_LLM_REQUESTS: int = env.int("MAX_CONCURRENT_LLM_REQUESTS", default=10)
 MAX_CONCURRENT_REQUESTS: int = env.int("MAX_CONCURRENT_REQUESTS", default=5)
-# How often partial reply text is written to the database while a reply streams.
+# How often partial reply text is written to the database while a reply streams: by time, so
+# the cost is per second whatever the token rate (the token log in Redis holds every delta
+# meanwhile). EVERY_TOKENS > 0 also saves every N tokens; 0 (the default) leaves it to time.
 PARTIAL_SAVE_INTERVAL_SECONDS: float = env.float("PARTIAL_SAVE_INTERVAL_SECONDS", default=1.0)
-PARTIAL_SAVE_EVERY_TOKENS: int = env.int("PARTIAL_SAVE_EVERY_TOKENS", default=32)
+PARTIAL_SAVE_EVERY_TOKENS: int = env.int("PARTIAL_SAVE_EVERY_TOKENS", default=0)
 # How long a generation's token log stays in Redis after it ends, for late resumes.
 TOKEN_LOG_TTL_SECONDS: int = max(600, env.int("TOKEN_LOG_TTL_SECONDS", default=900))
 # While waiting for the first token, a heartbeat event every this many seconds keeps proxies
