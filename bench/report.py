@@ -1,10 +1,13 @@
 """RESULTS.md and the plot, written from a results JSON (so a report can be redone from raw data).
 
 Text between the NOTES markers of an existing RESULTS.md (hand-written analysis) is kept.
+Results of earlier versions of the benchmark (one "concurrent" scenario, a process named
+"daphne") are read as well.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import os
@@ -16,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from bench.stats import fmt_ms, percentile, summary
+from bench.stats import fmt_ms, percentile
 
 NOTES_BEGIN = "<!-- BEGIN NOTES (hand-written; kept when the report is regenerated) -->"
 NOTES_END = "<!-- END NOTES -->"
@@ -27,7 +30,13 @@ PACKAGES = (
     "daphne",
     "Twisted",
     "autobahn",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "websockets",
     "redis",
+    "hiredis",
+    "orjson",
     "rq",
     "django-rq",
     "openai",
@@ -38,14 +47,17 @@ PACKAGES = (
     "py-spy",
 )
 TARGETS = {
-    "seq_p50": 10.0,
-    "seq_p95": 20.0,
-    "conc_p50": 25.0,
+    "seq_p50": 8.0,
+    "seq_p95": 12.0,
+    "history_growth": 1.0,
+    "cpu_per_reply": 20.0,
     "gap_p95": 5.0,
-    "rss_total": 400.0,
+    "rss_total": 270.0,
 }
-
-
+# Added TTFT p50 targets by burst size.
+BURST_TARGETS = {20: 60.0, 50: 150.0}
+# The burst size the gap and RSS targets are stated for.
+LOAD_STREAMS = 50
 APP_DIRS = ("messageservice", "messages_app", "llm_app", "analytics_app", "templates")
 
 
@@ -126,66 +138,402 @@ def _ms_table(rows: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
     return lines
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _unit(value: float | None, unit: str = "ms") -> str:
+    return "n/a" if value is None else f"{value:.1f} {unit}"
+
+
+def _plus(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}"
+
+
+# --- reading results (this version's and earlier ones) ---------------------------------------
+def _rename_web(mapping: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Earlier results named the web process "daphne"; this version names it "web"."""
+    if not mapping:
+        return mapping
+    out = {}
+    for key, value in mapping.items():
+        if key == "daphne":
+            key = "web"
+        elif key == "daphne+worker":
+            key = "web+worker"
+        out[key] = value
+    return out
+
+
+def normalize(results: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `results` in this version's shape."""
+    data = copy.deepcopy(results)
+    data.setdefault("meta", {}).setdefault("server", "daphne")
+    if "bursts" not in data and data.get("concurrent"):
+        data["bursts"] = [data.pop("concurrent")]
+    runs = [data, data.get("compare") or {}]
+    for run in runs:
+        for part in [*(run.get("bursts") or []), run.get("resume") or {}]:
+            for key in ("rss_peak_mib", "cpu_percent"):
+                if key in part:
+                    part[key] = _rename_web(part[key])
+        series = run.get("rss") or {}
+        if "rss_mib" in series:
+            series["rss_mib"] = _rename_web(series["rss_mib"])
+    profiles = data.get("profiles") or {}
+    if "concurrent" in profiles:
+        profiles["largest burst"] = profiles.pop("concurrent")
+    return data
+
+
+def _bursts(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(run.get("bursts") or [], key=lambda b: b.get("streams", 0))
+
+
+def _burst(run: dict[str, Any], size: int) -> dict[str, Any]:
+    return next((b for b in _bursts(run) if b.get("streams") == size), {})
+
+
+def _load_burst(run: dict[str, Any]) -> dict[str, Any]:
+    """The burst the gap and RSS targets are for (50 at once), else the largest one run."""
+    found = _burst(run, LOAD_STREAMS)
+    if found:
+        return found
+    bursts = _bursts(run)
+    return bursts[-1] if bursts else {}
+
+
+def _cpu_cell(cpu: dict[str, Any] | None, server: str) -> str:
+    cpu = cpu or {}
+    if not cpu.get("items"):
+        return "n/a"
+    return (
+        f"{fmt_ms(cpu.get('web+worker'))} ms ({server} {fmt_ms(cpu.get('web'))},"
+        f" worker {fmt_ms(cpu.get('worker'))}; {cpu['items']} replies)"
+    )
+
+
+# --- the targets table ----------------------------------------------------------------------
 def summary_rows(results: dict[str, Any]) -> list[list[str]]:
-    seq = results.get("sequential") or {}
-    conc = results.get("concurrent") or {}
-    res = results.get("resume") or {}
-    streams = conc.get("streams", "N")
+    data = normalize(results)
+    server = data["meta"].get("server", "daphne")
+    seq = data.get("sequential") or {}
+    hist = data.get("history") or {}
+    res = data.get("resume") or {}
     rows = []
     value = _get(seq, "ttft", "added_ms", "p50")
-    rows.append(["1", "Added TTFT, sequential, p50", "≤ 10 ms", fmt_ms(value) + " ms",
+    rows.append(["1", "Added TTFT, one at a time, p50", "≤ 8 ms", _unit(value),
                  _verdict(value, TARGETS["seq_p50"])])  # fmt: skip
     value = _get(seq, "ttft", "added_ms", "p95")
-    rows.append(["1", "Added TTFT, sequential, p95", "≤ 20 ms", fmt_ms(value) + " ms",
+    rows.append(["1", "Added TTFT, one at a time, p95", "≤ 12 ms", _unit(value),
                  _verdict(value, TARGETS["seq_p95"])])  # fmt: skip
-    value = _get(conc, "ttft", "added_ms", "p50")
-    rows.append(["2", f"Added TTFT, {streams} concurrent streams, p50", "≤ 25 ms",
-                 fmt_ms(value) + " ms", _verdict(value, TARGETS["conc_p50"])])  # fmt: skip
-    check = conc.get("check")
-    if check:
-        ok = check["ok"] == check["streams"]
-        rows.append(["2", f"Seq check, {streams} concurrent (1..n contiguous, text = saved)",
-                     "every stream", f"{check['ok']}/{check['streams']} streams, "
-                     f"{check['deltas']} deltas", "**pass**" if ok else "**miss**"])  # fmt: skip
-    for label, data in (("sequential", seq), (f"{streams} concurrent", conc)):
-        value = _get(data, "gaps", "service_excess_ms", "p95")
-        rows.append(["3", f"Inter-token gap − interval at the client, {label}, p95", "≤ 5 ms",
-                     fmt_ms(value) + " ms", _verdict(value, TARGETS["gap_p95"])])  # fmt: skip
-    peak = conc.get("rss_peak_mib") or {}
-    value = peak.get("daphne+worker")
-    rows.append(["4", f"Peak RSS daphne + worker during {streams} streams", "≤ 400 MiB",
-                 f"{fmt_ms(value)} MiB (daphne {fmt_ms(peak.get('daphne'))}, "
-                 f"worker {fmt_ms(peak.get('worker'))})",
-                 _verdict(value, TARGETS["rss_total"])])  # fmt: skip
+    growth = hist.get("growth") or {}
+    first, last = growth.get("from", 1), growth.get("to", 100)
+    value = growth.get("added_p50_ms")
+    p50s = [_get(hist, "by_length", str(n), "ttft", "added_ms", "p50") for n in (first, last)]
+    rows.append(["2", f"Added TTFT growth with history: p50 at message {last} − p50 at"
+                 f" message {first}", "≤ +1 ms",
+                 f"{_plus(value)} ms ({fmt_ms(p50s[0])} → {fmt_ms(p50s[1])} ms)"
+                 if hist else "n/a", _verdict(value, TARGETS["history_growth"])
+                 if (first, last) == (1, 100) or value is None else "no target"])  # fmt: skip
+    sizes = sorted({*BURST_TARGETS, *(b["streams"] for b in _bursts(data))})
+    for size in sizes:
+        burst = _burst(data, size)
+        value = _get(burst, "ttft", "added_ms", "p50")
+        limit = BURST_TARGETS.get(size)
+        rows.append(["3", f"Added TTFT, {size} at once, p50",
+                     f"≤ {limit:g} ms" if limit else "–", _unit(value),
+                     _verdict(value, limit) if limit else "no target"])  # fmt: skip
+    for label, part in [("one at a time", seq)] + [
+        (f"{b['streams']} at once", b) for b in _bursts(data)
+    ]:
+        cpu = part.get("cpu_per_reply_ms") if part else None
+        value = (cpu or {}).get("web+worker")
+        rows.append(["4", f"CPU of {server} + llm worker per {data['meta'].get('options', {}).get('tokens', 35)}-token reply, {label}",
+                     "≤ 20 ms", _cpu_cell(cpu, server),
+                     _verdict(value, TARGETS["cpu_per_reply"])])  # fmt: skip
+    load = _load_burst(data)
+    streams = load.get("streams", LOAD_STREAMS)
+    judged = streams == LOAD_STREAMS
+    value = _get(load, "gaps", "service_excess_ms", "p95")
+    rows.append(["5", f"Inter-token gap − interval at the client, {streams} at once, p95",
+                 "≤ 5 ms", _unit(value),
+                 _verdict(value, TARGETS["gap_p95"]) if judged else "no target"])  # fmt: skip
+    peak = load.get("rss_peak_mib") or {}
+    value = peak.get("web+worker")
+    rows.append(["6", f"Peak RSS {server} + 1 llm worker during {streams} streams", "≤ 270 MiB",
+                 f"{fmt_ms(value)} MiB ({server} {fmt_ms(peak.get('web'))}, "
+                 f"worker {fmt_ms(peak.get('worker'))})" if peak else "n/a",
+                 _verdict(value, TARGETS["rss_total"]) if judged else "no target"])  # fmt: skip
     if res:
         bad = res["gaps"] + res["duplicates"] + res["reorders"]
         mism = res["text_mismatch_completed"] + res["text_mismatch_db"]
         ok = res["ok"] == res["streams"] and bad == 0 and mism == 0
-        rows.append(["5", f"{res['streams']} streams with random drop + resume",
+        rows.append(["7", f"{res['streams']:,} dropped-and-resumed streams",
                      "0 gaps, 0 dups, 0 reorders, text = saved",
                      f"{res['ok']}/{res['streams']} ok; gaps {res['gaps']}, duplicates "
                      f"{res['duplicates']}, reorders {res['reorders']}, text mismatches {mism}",
                      "**pass**" if ok else "**miss**"])  # fmt: skip
+    else:
+        rows.append(["7", "1,000 dropped-and-resumed streams",
+                     "0 gaps, 0 dups, 0 reorders, text = saved", "n/a", "not run"])  # fmt: skip
     return rows
 
 
-def _peers(results: dict[str, Any]) -> list[str]:
-    seq = results.get("sequential") or {}
-    conc = results.get("concurrent") or {}
-    peak = (conc.get("rss_peak_mib") or {}).get("daphne+worker")
+def _peers(data: dict[str, Any]) -> list[str]:
+    seq = data.get("sequential") or {}
+    load = _burst(data, LOAD_STREAMS)
+    peak = (load.get("rss_peak_mib") or {}).get("web+worker")
     ours = [
         fmt_ms(_get(seq, "ttft", "added_ms", "p50")),
         fmt_ms(_get(seq, "ttft", "added_ms", "p95")),
-        fmt_ms(_get(conc, "ttft", "added_ms", "p50")),
+        fmt_ms(_get(load, "ttft", "added_ms", "p50")),
         fmt_ms(peak),
     ]
     return [
-        "| | added TTFT p50, sequential | p95, sequential | p50, 50 concurrent | peak RSS MiB |",
+        "| | added TTFT p50, one at a time | p95, one at a time | p50, 50 at once | peak RSS MiB |",
         "|---|---:|---:|---:|---:|",
-        "| Message Service (measured here) | " + " | ".join(ours) + " |",
+        f"| Message Service on {data['meta'].get('server', 'daphne')} (measured here) | "
+        + " | ".join(ours)
+        + " |",
         "| Open WebUI 0.12.4 (given, not measured here) | 17–18 | 20–23 | ~740 | 829 |",
         "| SillyTavern (given, not measured here) | 4–5 | – | 21 | – |",
     ]
+
+
+# --- sections -------------------------------------------------------------------------------
+def _cpu_line(part: dict[str, Any], server: str) -> str:
+    """CPU per reply, per connect and per close of a scenario, as one sentence."""
+    pieces = []
+    for key, label in (
+        ("cpu_per_reply_ms", "per reply"),
+        ("cpu_per_connect_ms", "per websocket connect (ticket + upgrade + ping/pong)"),
+        ("cpu_per_close_ms", "per close"),
+    ):
+        cpu = part.get(key) or {}
+        if cpu.get("items"):
+            pieces.append(
+                f"{label} {fmt_ms(cpu.get('web+worker'))} ms ({server} {fmt_ms(cpu.get('web'))},"
+                f" worker {fmt_ms(cpu.get('worker'))}; n = {cpu['items']})"
+            )
+    if not pieces:
+        return ""
+    return f"CPU of {server} + llm worker: " + "; ".join(pieces) + "."
+
+
+def _history_section(hist: dict[str, Any], server: str) -> list[str]:
+    lengths = hist.get("lengths") or []
+    lines = [
+        f"### 2. Growing history: messages {', '.join(str(n) for n in lengths)} of a"
+        f" conversation ({hist['requests_per_length']} requests per length after"
+        f" {hist['warmup_per_length']} warm-up, lengths interleaved, {hist['seconds']:.0f} s)",
+        "",
+        "Each measured request is sent on a conversation whose active branch already holds"
+        " message − 1 completed messages, written into the database before the run (the"
+        " greeting, then user turns and assistant replies alternately, chained by parent with"
+        " their depth, the last one the active leaf; message 1: an empty conversation). The user"
+        " turns are as long as the benchmark's messages, the replies are the fake LLM's"
+        " scripted reply, so sizes are a real benchmark chat's (contents are not: the same"
+        " history text at a position in every conversation, as the worker's token-count memo"
+        " would hold an ongoing chat's older turns). Each is paired with a direct request"
+        " whose body is the one the worker sent for that length in the warm-up (system +"
+        " history + new message; only the new message's digits differ).",
+        "",
+        "| message # | prompt messages | body KiB | TTFT service p50 | direct p50 | added p50 |"
+        " added p95 | added per pair p50 | send → created p50 | created → started p50 |"
+        " started → first delta p50 | CPU per reply |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n in lengths:
+        part = (hist.get("by_length") or {}).get(str(n)) or {}
+        prompt = part.get("prompt") or {}
+        stages = part.get("stages") or {}
+        cpu = part.get("cpu_per_reply_ms") or {}
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(n),
+                    str(prompt.get("messages", "?")),
+                    f"{(prompt.get('body_bytes') or 0) / 1024:.1f}",
+                    fmt_ms(_get(part, "ttft", "service_ms", "p50")),
+                    fmt_ms(_get(part, "ttft", "direct_ms", "p50")),
+                    fmt_ms(_get(part, "ttft", "added_ms", "p50")),
+                    fmt_ms(_get(part, "ttft", "added_ms", "p95")),
+                    fmt_ms(_get(part, "added_paired_ms", "p50")),
+                    fmt_ms(_get(stages, "send_to_created_ms", "p50")),
+                    fmt_ms(_get(stages, "created_to_started_ms", "p50")),
+                    fmt_ms(_get(stages, "started_to_first_delta_ms", "p50")),
+                    f"{fmt_ms(cpu.get('web+worker'))} ms ({server} {fmt_ms(cpu.get('web'))},"
+                    f" worker {fmt_ms(cpu.get('worker'))})"
+                    if cpu.get("items")
+                    else "n/a",
+                ]
+            )
+            + " |"
+        )
+    growth = hist.get("growth") or {}
+    checks = [(hist.get("by_length") or {}).get(str(n), {}).get("check") or {} for n in lengths]
+    lines += [
+        "",
+        f"Growth of the added TTFT p50 from message {growth.get('from')} to message"
+        f" {growth.get('to')}: {_plus(growth.get('added_p50_ms'))} ms. Seq check:"
+        f" {sum(c.get('ok', 0) for c in checks)}/{sum(c.get('streams', 0) for c in checks)}"
+        " streams exact. " + _cpu_line(hist, server),
+        "",
+    ]
+    return lines
+
+
+def _burst_section(number: str, burst: dict[str, Any], tokens: int, server: str) -> list[str]:
+    check = burst["check"]
+    return [
+        f"### {number}. {burst['streams']} streams at once ({_n(burst['rounds'], 'round')} after"
+        f" {_n(burst['warmup_rounds'], 'warm-up round')}, {burst['seconds']:.0f} s)",
+        "",
+        *_ms_table(
+            [
+                ("TTFT through the service", _get(burst, "ttft", "service_ms")),
+                (
+                    f"TTFT straight to the LLM, {burst['streams']} at once",
+                    _get(burst, "ttft", "direct_ms"),
+                ),
+                ("added (difference of percentiles)", _get(burst, "ttft", "added_ms")),
+            ]
+        ),
+        "",
+        "Added TTFT p50/p95 by round: "
+        + ", ".join(
+            f"{fmt_ms(r.get('p50'))}/{fmt_ms(r.get('p95'))}"
+            for r in burst.get("added_by_round_ms", [])
+        )
+        + " ms.",
+        "",
+        *_stages(burst.get("stages")),
+        "",
+        f"Seq check: {check['ok']}/{check['streams']} streams with seqs 1..n contiguous and"
+        f" joined text = completed content = the {tokens}-token script"
+        f" ({check['deltas']} deltas for {check['streams'] * tokens} tokens"
+        + (
+            f"; {check['joined_streams']} streams had deltas joining several tokens"
+            if check.get("joined_streams")
+            else ""
+        )
+        + ")."
+        + (f" Problems: {check['problems']}" if check["problems"] else "")
+        + (f" Notes: {check['notes']}" if check.get("notes") else ""),
+        "",
+        _cpu_line(burst, server),
+        "",
+        "Average CPU while the measured service rounds ran (100 % = one core): "
+        + ", ".join(
+            f"{server if k == 'web' else k} {v} %"
+            for k, v in (burst.get("cpu_percent") or {}).items()
+        )
+        + ". "
+        + _backlog(burst.get("channel_backlog_peak")),
+        "",
+    ]
+
+
+def _servers_section(data: dict[str, Any]) -> list[str]:
+    other = data.get("compare") or {}
+    if not other:
+        return []
+    meta = data["meta"]
+    runs = [(meta.get("server", "daphne"), data), (other.get("server", "?"), other)]
+    size = max((b["streams"] for b in _bursts(other)), default=LOAD_STREAMS)
+    ran = []
+    if other.get("sequential"):
+        ran.append(f"the requests one at a time ({other['sequential']['requests']} requests)")
+    if _bursts(other):
+        rounds = _bursts(other)[-1]["rounds"]
+        ran.append(f"the {size}-stream burst ({_n(rounds, 'round')})")
+    uvicorn_ws = meta.get("uvicorn_ws", "websockets")
+    lines = [
+        f"### 7. {runs[0][0]} vs {runs[1][0]}",
+        "",
+        f"The same app (`messageservice.asgi:application`) under each server: {runs[0][0]}'s"
+        f" figures are the sections above; {runs[1][0]} ran afterwards in the same run, on a"
+        f" stack of its own (fresh database, Redis, fake LLM and llm worker): "
+        + " and ".join(ran)
+        + f". uvicorn runs as `uvicorn --loop uvloop --http httptools --ws {uvicorn_ws}"
+        " --ws-max-size <WS_MAX_MESSAGE_BYTES> --lifespan off` (one process; access log on, as"
+        " daphne's).",
+        "",
+        f"| server | added TTFT p50, one at a time | p95 | added TTFT p50, {size} at once |"
+        f" gap − interval p95, {size} at once | CPU per reply, one at a time |"
+        f" CPU per reply, {size} at once | CPU per connect | peak RSS server + worker,"
+        f" {size} streams |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in runs:
+        seq = run.get("sequential") or {}
+        burst = _burst(run, size)
+
+        def cpu_ms(part: dict[str, Any], key: str) -> str:
+            value = (part.get(key) or {}).get("web+worker")
+            return f"{fmt_ms(value)} ms" if value is not None else "n/a"
+
+        peak = burst.get("rss_peak_mib") or {}
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                [
+                    fmt_ms(_get(seq, "ttft", "added_ms", "p50")),
+                    fmt_ms(_get(seq, "ttft", "added_ms", "p95")),
+                    fmt_ms(_get(burst, "ttft", "added_ms", "p50")),
+                    fmt_ms(_get(burst, "gaps", "service_excess_ms", "p95")),
+                    cpu_ms(seq, "cpu_per_reply_ms"),
+                    cpu_ms(burst, "cpu_per_reply_ms"),
+                    cpu_ms(seq, "cpu_per_connect_ms"),
+                    f"{fmt_ms(peak.get('web+worker'))} MiB (server {fmt_ms(peak.get('web'))})"
+                    if peak
+                    else "n/a",
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Stages, p50 (one at a time / at once), ms:",
+        "",
+        "| server | send → message.created | message.created → generation.started |"
+        " generation.started → first delta | CPU per reply, server / worker (one at a time) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, run in runs:
+        seq = run.get("sequential") or {}
+        burst = _burst(run, size)
+        cells = []
+        for key in ("send_to_created_ms", "created_to_started_ms", "started_to_first_delta_ms"):
+            cells.append(
+                f"{fmt_ms(_get(seq, 'stages', key, 'p50'))} /"
+                f" {fmt_ms(_get(burst, 'stages', key, 'p50'))}"
+            )
+        cpu = seq.get("cpu_per_reply_ms") or {}
+        cells.append(f"{fmt_ms(cpu.get('web'))} / {fmt_ms(cpu.get('worker'))}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    checks = [
+        f"{name}, {label}: {check['ok']}/{check['streams']}"
+        for name, run in runs
+        for label, check in (
+            ("one at a time", _get(run, "sequential", "check")),
+            (f"{size} at once", _get(_burst(run, size), "check")),
+        )
+        if check
+    ]
+    idle = [
+        f"{name} {fmt_ms(_get(run, 'idle_cpu_ms_per_s', 'web'), 2)} ms/s (worker"
+        f" {fmt_ms(_get(run, 'idle_cpu_ms_per_s', 'worker'), 2)})"
+        for name, run in runs
+        if run.get("idle_cpu_ms_per_s")
+    ]
+    lines += ["", "Seq checks (streams exact): " + ", ".join(checks) + "."]
+    if idle:
+        lines += ["", "CPU at rest (10 ms ticks over a few seconds): " + ", ".join(idle) + "."]
+    lines.append("")
+    return lines
 
 
 def _stages(stages: dict[str, Any] | None) -> list[str]:
@@ -242,7 +590,7 @@ def _backlog(peak: int | None) -> str:
             " configured layer is not channels_redis' core layer)."
         )
     return (
-        f"Peak channel-layer backlog in Redis for daphne: {peak} messages (the core layer"
+        f"Peak channel-layer backlog in Redis for the web server: {peak} messages (the core layer"
         " silently drops group messages for a process queue holding `capacity` = 1000)."
     )
 
@@ -273,11 +621,16 @@ def _existing_notes(path: Path) -> str:
 
 
 def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
-    meta = results["meta"]
+    data = normalize(results)
+    meta = data["meta"]
     machine = meta["machine"]
-    seq = results.get("sequential") or {}
-    conc = results.get("concurrent") or {}
-    res = results.get("resume") or {}
+    options = meta.get("options") or {}
+    server = meta.get("server", "daphne")
+    seq = data.get("sequential") or {}
+    hist = data.get("history") or {}
+    bursts = _bursts(data)
+    res = data.get("resume") or {}
+    compare = data.get("compare") or {}
     lines = [
         "# Streaming benchmark: results",
         "",
@@ -306,47 +659,73 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
         "",
         "Real processes on 127.0.0.1, as in production: redis-server (no persistence), the fake"
         " OpenAI-compatible LLM (`python -m fake_llm`, "
-        f"{meta['options']['tokens']} tokens, first token after"
-        f" {meta['options']['first_token_ms']:g} ms, then one every"
-        f" {meta['options']['interval_ms']:g} ms), ONE daphne and ONE `manage.py rqworker llm`"
+        f"{options.get('tokens')} tokens, first token after"
+        f" {options.get('first_token_ms', 0):g} ms, then one every"
+        f" {options.get('interval_ms', 0):g} ms), ONE {server} process"
+        + (
+            f" (`uvicorn --loop uvloop --http httptools --ws {meta.get('uvicorn_ws', 'websockets')}"
+            " --ws-max-size <WS_MAX_MESSAGE_BYTES> --lifespan off`)"
+            if server == "uvicorn"
+            else ""
+        )
+        + " serving `messageservice.asgi:application` and ONE `manage.py rqworker llm`"
         " (MAX_CONCURRENT_REQUESTS=50, MAX_CONCURRENT_LLM_REQUESTS=100), a fresh SQLite database"
         " (ENVIRONMENT=development, LOG_LEVEL=WARNING, PARTIAL_SAVE_INTERVAL_SECONDS=1.0)."
-        " The clients (aiohttp, one process, the orchestrator) share the 2 cores with all of them.",
+        " The clients (aiohttp, one process, the orchestrator) share the 2 cores with all of them."
+        + (
+            f" Then the same on {compare.get('server')} for the comparison (section 7)."
+            if compare
+            else ""
+        ),
         "",
         "- **Added TTFT** = client TTFT through the service (send `message.send` → first"
         " `generation.delta`) minus client TTFT straight to the fake LLM (POST"
         " /v1/chat/completions, stream=true, the very body the worker sends → first content"
         " chunk), both measured in the same run, alternately; the figure is the difference of"
         " the two percentiles. One conversation per stream (fresh conversations for the"
-        " sequential requests: greeting + one user message per prompt).",
+        " requests one at a time: greeting + one user message per prompt; pre-filled ones for"
+        " the history series).",
         "- **Inter-token gap** = time between consecutive deltas at the websocket client (or"
-        " chunks at the direct client) minus the LLM's interval.",
-        "- **RSS** = psutil RSS of daphne and of the llm worker, each with its child processes,"
-        " sampled every 100 ms while the measured concurrent rounds ran.",
+        " chunks at the direct client) minus the LLM's interval. A delta that joins tokens"
+        " which reached the worker together counts once.",
+        f"- **CPU per reply** = user + system CPU time (psutil `cpu_times`, with child"
+        f" processes) of {server} and of the llm worker, read before and after each measured"
+        " window and summed, divided by the replies completed in the windows. One at a time a"
+        f" window is one reply plus the {options.get('pause', 0.2):g} s pause after it; in a"
+        f" burst, from the release to {options.get('settle', 0.3):g} s after the last reply."
+        " Websockets are opened (ticket, upgrade, ping/pong) and closed outside the windows; the"
+        " CPU of a connect and of a close is measured on its own. Linux counts CPU time in 10 ms"
+        " ticks: the figures are sums over many windows.",
+        f"- **RSS** = psutil RSS of {server} and of the llm worker, each with its child"
+        " processes, sampled every 100 ms while the measured rounds ran.",
         "",
         "## How to run",
         "",
         "```bash",
         ".venv/bin/pip install -r requirements-dev.txt -r requirements-bench.txt",
-        ".venv/bin/python -m bench.run                 # everything (~5 min); writes this file",
+        ".venv/bin/python -m bench.run                 # everything (~8 min); writes this file",
         ".venv/bin/python -m bench.run --quick         # small smoke run, report in bench/out/",
         ".venv/bin/python -m bench.run --only ttft --requests 100",
-        ".venv/bin/python -m bench.run --only concurrent --streams 50 --rounds 3 --profile",
+        ".venv/bin/python -m bench.run --only history --history-lengths 1,10,50,100 --history-requests 12",
+        ".venv/bin/python -m bench.run --only bursts --bursts 20,50 --rounds 3 --profile",
+        ".venv/bin/python -m bench.run --only ttft,bursts --server uvicorn",
+        ".venv/bin/python -m bench.run --only ttft,bursts --bursts 50 --compare-servers",
         ".venv/bin/python -m bench.run --only resume --resume-streams 1000 --resume-interval-ms 20",
         "```",
         "",
         "Raw results: `bench/out/results.json` (per-stream TTFT, stages and gaps); process logs"
-        " in `bench/out/logs/`. `--report-only FILE` rewrites the report from a results file.",
+        " in `bench/out/logs/` (the compared server's in `bench/out/logs/<server>/`)."
+        " `--report-only FILE` rewrites the report from a results file.",
         "",
         "## Targets and measurements",
         "",
         "| # | what | target | measured | |",
         "|---|---|---|---|---|",
-    ]
+    ]  # fmt: skip
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(results)]
-    lines += ["", "### Peers", "", *_peers(results), ""]
+    lines += ["", "### Peers", "", *_peers(data), ""]
     if plot_name:
-        lines += ["## Plot", "", f"![TTFT, gaps and RSS]({plot_name})", ""]
+        lines += ["## Plot", "", f"![TTFT, history, gaps, RSS and CPU]({plot_name})", ""]
     lines += ["## Details", ""]
     if seq:
         lines += [
@@ -393,80 +772,101 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
             "",
             f"Seq check: {seq['check']['ok']}/{seq['check']['streams']} streams exact.",
             "",
-        ]
-    if conc:
-        lines += [
-            f"### 2. {conc['streams']} concurrent streams ({conc['rounds']} rounds after"
-            f" {conc['warmup_rounds']} warm-up round, {conc['seconds']:.0f} s)",
-            "",
-            *_ms_table(
-                [
-                    ("TTFT through the service", _get(conc, "ttft", "service_ms")),
-                    (
-                        f"TTFT straight to the LLM, {conc['streams']} at once",
-                        _get(conc, "ttft", "direct_ms"),
-                    ),
-                    ("added (difference of percentiles)", _get(conc, "ttft", "added_ms")),
-                ]
-            ),
-            "",
-            "Added TTFT p50/p95 by round: "
-            + ", ".join(
-                f"{fmt_ms(r.get('p50'))}/{fmt_ms(r.get('p95'))}"
-                for r in conc.get("added_by_round_ms", [])
-            )
-            + " ms.",
-            "",
-            *_stages(conc.get("stages")),
-            "",
-            f"Seq check: {conc['check']['ok']}/{conc['check']['streams']} streams with seq"
-            f" 1..{meta['options']['tokens']} contiguous and joined text = completed content"
-            f" ({conc['check']['deltas']} deltas)."
-            + (f" Problems: {conc['check']['problems']}" if conc["check"]["problems"] else "")
-            + (f" Notes: {conc['check']['notes']}" if conc["check"].get("notes") else ""),
-            "",
-            "Average CPU while the measured service rounds ran (100 % = one core): "
-            + ", ".join(f"{k} {v} %" for k, v in (conc.get("cpu_percent") or {}).items())
-            + ". "
-            + _backlog(conc.get("channel_backlog_peak")),
+            _cpu_line(seq, server),
             "",
         ]
-    if seq or conc:
-        lines += ["### 3. Inter-token gaps (gap − LLM interval)", ""]
+    if hist:
+        lines += _history_section(hist, server)
+    for i, burst in enumerate(bursts):
+        lines += _burst_section(f"3{'abcdefgh'[i]}" if len(bursts) > 1 else "3", burst,
+                                options.get("tokens", 35), server)  # fmt: skip
+    if seq or bursts:
+        lines += ["### 4. Inter-token gaps (gap − LLM interval)", ""]
+        parts = [("one at a time", seq)] + [(f"{b['streams']} at once", b) for b in bursts]
         rows = []
-        for label, data in (("sequential", seq), (f"{conc.get('streams')} concurrent", conc)):
-            if data:
-                rows.append((f"websocket client, {label}", _get(data, "gaps", "service_excess_ms")))
-                rows.append((f"direct LLM client, {label}", _get(data, "gaps", "direct_excess_ms")))
+        for label, part in parts:
+            if part:
+                rows.append((f"websocket client, {label}", _get(part, "gaps", "service_excess_ms")))
+                rows.append((f"direct LLM client, {label}", _get(part, "gaps", "direct_excess_ms")))
         lines += [*_ms_table(rows), ""]
-        for label, data in (("sequential", seq), (f"{conc.get('streams')} concurrent", conc)):
-            if data:
-                gaps = data["gaps"]
+        for label, part in parts:
+            if part:
+                gaps = part["gaps"]
                 lines.append(
                     f"- {label}: {gaps['service_excess_over_5ms']} of {gaps['service_gaps']}"
                     " websocket gaps exceed the interval by more than 5 ms."
                 )
         lines.append("")
-    if conc:
-        peak = conc.get("rss_peak_mib") or {}
+    cpu_parts = [("one at a time", seq)]
+    cpu_parts += [
+        (f"history, message {n}", (hist.get("by_length") or {}).get(str(n)) or {})
+        for n in hist.get("lengths") or []
+    ]
+    cpu_parts += [(f"{b['streams']} at once", b) for b in bursts]
+    cpu_parts = [(label, part) for label, part in cpu_parts if part.get("cpu_per_reply_ms")]
+    if cpu_parts:
         lines += [
-            f"### 4. Memory during the {conc['streams']}-stream rounds",
+            f"### 5. CPU per reply ({server} + llm worker)",
             "",
-            "| process (with children) | peak RSS MiB |",
-            "|---|---:|",
-            *[f"| {k} | {fmt_ms(v)} |" for k, v in peak.items()],
-            "",
+            f"| scenario | {server} ms | worker ms | together ms | replies |",
+            "|---|---:|---:|---:|---:|",
         ]
+        for label, part in cpu_parts:
+            cpu = part["cpu_per_reply_ms"]
+            lines.append(
+                f"| {label} | {fmt_ms(cpu.get('web'))} | {fmt_ms(cpu.get('worker'))} |"
+                f" {fmt_ms(cpu.get('web+worker'))} | {cpu.get('items', 0)} |"
+            )
+        idle = data.get("idle_cpu_ms_per_s") or {}
+        if idle:
+            lines.append(
+                f"| at rest, per second ({idle.get('seconds')} s after the warm-up; 10 ms ticks:"
+                f" ± {10 / (idle.get('seconds') or 1):.1f} ms/s) |"
+                f" {fmt_ms(idle.get('web'), 2)} | {fmt_ms(idle.get('worker'), 2)} |"
+                f" {fmt_ms((idle.get('web') or 0) + (idle.get('worker') or 0), 2)} | – |"
+            )
+        for what, key in (("connect", "cpu_per_connect_ms"), ("close", "cpu_per_close_ms")):
+            for label, part in [("one at a time", seq), ("history", hist)] + [
+                (f"{b['streams']} at once", b) for b in bursts
+            ]:
+                cpu = part.get(key) or {}
+                if cpu.get("items"):
+                    lines.append(
+                        f"| websocket {what}, {label} (per connection) | {fmt_ms(cpu.get('web'))}"
+                        f" | {fmt_ms(cpu.get('worker'))} | {fmt_ms(cpu.get('web+worker'))} |"
+                        f" {cpu['items']} connections |"
+                    )
+        lines.append("")
+    if bursts:
+        names = list(bursts[-1].get("rss_peak_mib") or {})
+        lines += [
+            "### 6. Memory during the bursts",
+            "",
+            "| process (with children), peak RSS MiB | "
+            + " | ".join(f"{b['streams']} at once" for b in bursts)
+            + " |",
+            "|---|" + "---:|" * len(bursts),
+        ]
+        for name in names:
+            label = {"web": server, "web+worker": f"{server} + worker"}.get(name, name)
+            lines.append(
+                f"| {label} | "
+                + " | ".join(fmt_ms((b.get("rss_peak_mib") or {}).get(name)) for b in bursts)
+                + " |"
+            )
+        lines.append("")
+    lines += _servers_section(data)
     if res:
         lines += [
-            f"### 5. Drop and resume ({res['streams']} streams, {res['concurrency']} at a time,"
+            f"### 8. Drop and resume ({res['streams']} streams, {res['concurrency']} at a time,"
             f" LLM interval {res['interval_ms']:g} ms, {res['seconds']:.0f} s,"
             f" {res['streams_per_second']} streams/s)",
             "",
             "Each client leaves at a random seq (half with a close frame, half by cutting the TCP"
             " connection), reconnects with a new ticket, sends `stream.resume` with the last seq"
             " it has, and reads on; some leave a second time. Checked per stream: the seqs"
-            " received over all connections are exactly 1..n in order, the joined text equals"
+            " received over all connections are exactly 1..n in order (n ≤ the script's tokens:"
+            " a delta may join tokens that arrived together), the joined text equals"
             " the completed message's content, the database row and the scripted text, and the"
             " terminal event arrives once (the connection is watched for 1 s more for repeats).",
             "",
@@ -478,6 +878,7 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
             f"| disconnects by close frame / by TCP cut | {res['disconnects_by_mode']['close']} / {res['disconnects_by_mode']['drop']} |",
             f"| websocket connections | {res['connections']} |",
             f"| deltas received (of which after a resume) | {res['deltas']} ({res['deltas_after_resume']}) |",
+            f"| streams with deltas joining several tokens | {res.get('joined_streams', 'n/a')} |",
             f"| gaps | {res['gaps']} |",
             f"| duplicates | {res['duplicates']} |",
             f"| reorders | {res['reorders']} |",
@@ -490,11 +891,11 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
             + ", ".join(
                 f"{k} {fmt_ms(res['resume_latency_ms'].get(k))} ms" for k in ("p50", "p95", "max")
             )
-            + f". Peak RSS daphne + worker: {fmt_ms((res.get('rss_peak_mib') or {}).get('daphne+worker'))} MiB."
+            + f". Peak RSS {server} + worker: {fmt_ms((res.get('rss_peak_mib') or {}).get('web+worker'))} MiB."
             + " "
             + _backlog(res.get("channel_backlog_peak"))
             + " CPU: "
-            + ", ".join(f"{k} {v} %" for k, v in (res.get("cpu_percent") or {}).items())
+            + ", ".join(f"{server if k == 'web' else k} {v} %" for k, v in (res.get("cpu_percent") or {}).items())
             + ".",
             "",
         ]  # fmt: skip
@@ -510,7 +911,7 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
                 )
                 lines.append("  frames: " + " ".join(f.get("trace", [])))
             lines += ["```", ""]
-    lines += _profile(results.get("profiles"))
+    lines += _profile(data.get("profiles"))
     lines += ["## Analysis", "", NOTES_BEGIN, notes, NOTES_END, ""]
     return "\n".join(lines)
 
@@ -532,8 +933,19 @@ def _ecdf(ax: Any, values: list[float], label: str, **style: Any) -> None:
     ax.step(ordered, [(i + 1) / n for i in range(n)], where="post", label=label, **style)
 
 
+def _ttfts(part: dict[str, Any], kind: str) -> list[float]:
+    records = _get(part, "records", kind) or []
+    return [r["ttft_ms"] for r in records if r["ttft_ms"] is not None]
+
+
+def _gaps(part: dict[str, Any], kind: str, interval: float) -> list[float]:
+    records = _get(part, "records", kind) or []
+    return [g - interval for r in records for g in r["gaps_ms"]]
+
+
 def plot(results: dict[str, Any], path: Path) -> bool:
-    """ttft.png: TTFT ECDFs (sequential, concurrent), gap ECDFs and RSS over time."""
+    """ttft.png: TTFT ECDFs (one at a time, bursts), added TTFT by history length, gap ECDFs,
+    RSS over time and CPU per reply."""
     try:
         import matplotlib
 
@@ -542,81 +954,151 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed (pip install -r requirements-bench.txt): no plot")
         return False
-    seq = results.get("sequential") or {}
-    conc = results.get("concurrent") or {}
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    data = normalize(results)
+    server = data["meta"].get("server", "daphne")
+    seq = data.get("sequential") or {}
+    hist = data.get("history") or {}
+    bursts = _bursts(data)
+    compare = data.get("compare") or {}
+    other = compare.get("server", "other")
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    fig, axes = plt.subplots(2, 3, figsize=(19, 10))
 
-    def ttfts(data: dict[str, Any], kind: str) -> list[float]:
-        records = _get(data, "records", kind) or []
-        return [r["ttft_ms"] for r in records if r["ttft_ms"] is not None]
+    ax = axes[0][0]
+    _ecdf(ax, _ttfts(seq, "direct"), "direct to the LLM", color="tab:gray")
+    _ecdf(ax, _ttfts(seq, "service"), f"through the service ({server})", color="tab:blue")
+    _ecdf(ax, _ttfts(compare.get("sequential") or {}, "service"), f"through the service ({other})",
+          color="tab:orange", linestyle="--")  # fmt: skip
+    title = "TTFT, one request at a time"
+    added = _get(seq, "ttft", "added_ms", "p50")
+    if added is not None:
+        title += f"\nadded p50 {added:.1f} ms ({server})"
+    ax.set_title(title)
+    ax.set_xlabel("ms from send to first token at the client")
+    ax.set_ylabel("fraction of requests")
 
-    for ax, data, title in (
-        (axes[0][0], seq, "TTFT, one request at a time"),
-        (axes[0][1], conc, f"TTFT, {conc.get('streams', '')} concurrent streams"),
-    ):
-        service, direct = ttfts(data, "service"), ttfts(data, "direct")
-        _ecdf(ax, direct, "direct to the LLM", color="tab:gray")
-        _ecdf(ax, service, "through the service (websocket)", color="tab:blue")
-        service_p50, direct_p50 = summary(service)["p50"], summary(direct)["p50"]
-        if service_p50 is not None and direct_p50 is not None:
-            title += f"\nadded p50 {service_p50 - direct_p50:.1f} ms"
-        ax.set_title(title)
-        ax.set_xlabel("ms from send to first token at the client")
-        ax.set_ylabel("fraction of requests")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+    ax = axes[0][1]
+    for i, burst in enumerate(bursts):
+        color = colors[i % len(colors)]
+        _ecdf(ax, _ttfts(burst, "service"), f"service, {burst['streams']} at once", color=color)
+        _ecdf(ax, _ttfts(burst, "direct"), f"direct, {burst['streams']} at once", color=color,
+              alpha=0.4, linestyle=":")  # fmt: skip
+    for burst in _bursts(compare):
+        _ecdf(ax, _ttfts(burst, "service"), f"service ({other}), {burst['streams']} at once",
+              color="black", linestyle="--")  # fmt: skip
+    ax.set_title(
+        "TTFT, streams released at once\nadded p50: "
+        + ", ".join(
+            f"{b['streams']}: {fmt_ms(_get(b, 'ttft', 'added_ms', 'p50'))} ms" for b in bursts
+        )
+    )
+    ax.set_xlabel("ms from send to first token at the client")
+    ax.set_ylabel("fraction of requests")
+
+    ax = axes[0][2]
+    lengths = hist.get("lengths") or []
+    if lengths:
+        by = hist.get("by_length") or {}
+        for key, style in (("p50", "o-"), ("p95", "s--")):
+            values = [_get(by, str(n), "ttft", "added_ms", key) for n in lengths]
+            points = [(n, v) for n, v in zip(lengths, values, strict=True) if v is not None]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], style,
+                        label=f"added TTFT {key}")  # fmt: skip
+        base = _get(by, str(lengths[0]), "ttft", "added_ms", "p50")
+        if base is not None:
+            ax.axhline(base + TARGETS["history_growth"], color="tab:red", linestyle="--",
+                       linewidth=1, label=f"target p50: message {lengths[0]}'s + 1 ms")  # fmt: skip
+        growth = _get(hist, "growth", "added_p50_ms")
+        ax.set_title(
+            f"Added TTFT by history length\ngrowth of p50 {lengths[0]} → {lengths[-1]}:"
+            f" {_plus(growth)} ms"
+        )
+    else:
+        ax.set_title("Added TTFT by history length (not run)")
+    ax.set_xlabel("message number in the conversation")
+    ax.set_ylabel("ms")
 
     ax = axes[1][0]
-    interval = (results["meta"]["options"] or {}).get("interval_ms", 20)
+    interval = (data["meta"].get("options") or {}).get("interval_ms", 20)
     everything: list[float] = []
-    for data, label, color in (
-        (seq, "websocket, sequential", "tab:green"),
-        (conc, "websocket, concurrent", "tab:blue"),
-        (conc, "direct, concurrent", "tab:gray"),
-    ):
-        kind = "direct" if label.startswith("direct") else "service"
-        records = _get(data, "records", kind) or []
-        gaps = [g - interval for r in records for g in r["gaps_ms"]]
+    series = [(_gaps(seq, "service", interval), "websocket, one at a time", "tab:green", "-")]
+    for i, burst in enumerate(bursts):
+        series.append((_gaps(burst, "service", interval), f"websocket, {burst['streams']} at once",
+                       colors[i % len(colors)], "-"))  # fmt: skip
+    if bursts:
+        series.append((_gaps(bursts[-1], "direct", interval),
+                       f"direct, {bursts[-1]['streams']} at once", "tab:gray", "-"))  # fmt: skip
+    for burst in _bursts(compare):
+        series.append((_gaps(burst, "service", interval),
+                       f"websocket ({other}), {burst['streams']} at once", "black", "--"))  # fmt: skip
+    for gaps, label, color, style in series:
         everything += gaps
-        _ecdf(ax, gaps, label, color=color)
+        _ecdf(ax, gaps, label, color=color, linestyle=style)
     ax.axvline(5, color="tab:red", linestyle="--", linewidth=1, label="target p95 ≤ 5 ms")
     ax.set_title(f"Inter-token gap minus the {interval:g} ms LLM interval")
     ax.set_xlabel("ms")
     ax.set_ylabel("fraction of gaps")
     low, high = percentile(everything, 0.5), percentile(everything, 99.5)
     ax.set_xlim(min(-25.0, low or 0.0), max(40.0, high or 0.0))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
 
     ax = axes[1][1]
-    series = results.get("rss") or {}
-    t = series.get("t") or []
-    rss = series.get("rss_mib") or {}
-    if t and "daphne" in rss and "worker" in rss:
-        total = [a + b for a, b in zip(rss["daphne"], rss["worker"], strict=True)]
-        ax.plot(t, rss["daphne"], label="daphne", color="tab:blue")
+    rss_series = data.get("rss") or {}
+    t = rss_series.get("t") or []
+    rss = rss_series.get("rss_mib") or {}
+    if t and "web" in rss and "worker" in rss:
+        total = [a + b for a, b in zip(rss["web"], rss["worker"], strict=True)]
+        ax.plot(t, rss["web"], label=server, color="tab:blue")
         ax.plot(t, rss["worker"], label="llm worker", color="tab:orange")
-        ax.plot(t, total, label="daphne + worker", color="black")
-        colors = {"sequential": "tab:green", "concurrent": "tab:blue", "resume": "tab:purple"}
+        ax.plot(t, total, label=f"{server} + worker", color="black")
+        shades = {"sequential": "tab:green", "history": "tab:olive", "resume": "tab:purple"}
+        for i, burst in enumerate(bursts):
+            shades[f"burst{burst['streams']}"] = ("tab:cyan", "tab:blue", "tab:red")[i % 3]
         labelled = set()
-        for phase in series.get("phases", []):
+        for phase in rss_series.get("phases", []):
             name = phase["name"]
-            ax.axvspan(
-                phase["start"],
-                phase["end"],
-                color=colors.get(name, "gray"),
-                alpha=0.12,
-                label=None if name in labelled else name,
-            )
+            ax.axvspan(phase["start"], phase["end"], color=shades.get(name, "tab:blue"),
+                       alpha=0.25 if name.startswith("burst") else 0.12,
+                       label=None if name in labelled else name)  # fmt: skip
             labelled.add(name)
-        ax.axhline(400, color="tab:red", linestyle="--", linewidth=1, label="target 400 MiB")
-    ax.set_title("RSS over the run (shaded: measured phases)")
+        ax.axhline(TARGETS["rss_total"], color="tab:red", linestyle="--", linewidth=1,
+                   label=f"target {TARGETS['rss_total']:g} MiB")  # fmt: skip
+    ax.set_title(f"RSS over the {server} run (shaded: measured phases)")
     ax.set_xlabel("s")
     ax.set_ylabel("MiB")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center right", fontsize=8)
+
+    ax = axes[1][2]
+    bars: list[tuple[str, dict[str, Any], bool]] = [
+        ("1 at a time", seq.get("cpu_per_reply_ms") or {}, False)
+    ]
+    bars += [(f"{b['streams']} at once", b.get("cpu_per_reply_ms") or {}, False) for b in bursts]
+    if compare:
+        bars.append(
+            (f"1 at a time\n{other}", _get(compare, "sequential", "cpu_per_reply_ms") or {}, True)
+        )
+        bars += [(f"{b['streams']} at once\n{other}", b.get("cpu_per_reply_ms") or {}, True)
+                 for b in _bursts(compare)]  # fmt: skip
+    bars = [b for b in bars if b[1].get("items")]
+    if bars:
+        xs = list(range(len(bars)))
+        web = [b[1].get("web", 0.0) for b in bars]
+        worker = [b[1].get("worker", 0.0) for b in bars]
+        hatches = ["//" if b[2] else "" for b in bars]
+        ax.bar(xs, web, color="tab:blue", label="web server", hatch=hatches)
+        ax.bar(xs, worker, bottom=web, color="tab:orange", label="llm worker", hatch=hatches)
+        ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
+        ax.axhline(TARGETS["cpu_per_reply"], color="tab:red", linestyle="--", linewidth=1,
+                   label="target ≤ 20 ms")  # fmt: skip
+    ax.set_title(f"CPU per reply (hatched: {other})" if compare else "CPU per reply")
+    ax.set_ylabel("ms of CPU")
+
+    for row in axes:
+        for ax in row:
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

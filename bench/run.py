@@ -1,9 +1,13 @@
 """`python -m bench.run`: start the stack, run the scenarios side by side, write JSON and RESULTS.md.
 
-Scenarios: `ttft` (one request at a time), `concurrent` (N streams at once; also gives the
-inter-token gaps under load and the RSS), `resume` (drop + resume). `--only` picks some; a full
-run (no --only, no --quick) writes bench/RESULTS.md and bench/ttft.png, others write to
-bench/out/. Everything started is stopped on exit, Ctrl-C or SIGTERM.
+Scenarios: `ttft` (one request at a time), `history` (one at a time at messages 1, 10, 50, 100
+of pre-filled conversations), `bursts` (20 and then 50 streams released at once; also the
+inter-token gaps under load, the RSS and the CPU per reply), `resume` (drop + resume). `--only`
+picks some. `--server` picks the ASGI server of the stack (daphne or uvicorn); with
+`--compare-servers` a second stack on the other server runs the sequential scenario and the
+largest burst again, for a "daphne vs uvicorn" table. A full run (no --only, no --quick) does
+all of it and writes bench/RESULTS.md and bench/ttft.png; others write to bench/out/.
+Everything started is stopped on exit, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import copy
 import json
 import os
 import shlex
@@ -26,34 +31,91 @@ import aiohttp
 from bench import report, scenarios
 from bench.clients import ServiceClient
 from bench.profiling import Profiler
-from bench.sampler import Sampler
-from bench.stack import ROOT, Stack, StackConfig
+from bench.sampler import CpuMeter, Sampler
+from bench.stack import ROOT, SERVERS, Stack, StackConfig
 
 BENCH_DIR = ROOT / "bench"
 ALIASES = {
     "ttft": {"ttft"},
     "seq": {"ttft"},
     "sequential": {"ttft"},
-    "concurrent": {"concurrent"},
-    "streams": {"concurrent"},
-    "rss": {"concurrent"},
-    "gap": {"ttft", "concurrent"},
-    "gaps": {"ttft", "concurrent"},
+    "history": {"history"},
+    "bursts": {"bursts"},
+    "burst": {"bursts"},
+    "concurrent": {"bursts"},
+    "streams": {"bursts"},
+    "rss": {"bursts"},
+    "cpu": {"ttft", "bursts"},
+    "gap": {"ttft", "bursts"},
+    "gaps": {"ttft", "bursts"},
     "resume": {"resume"},
 }
-ORDER = ("ttft", "concurrent", "resume")
+ORDER = ("ttft", "history", "bursts", "resume")
+COMPARED = ("ttft", "bursts")  # what the second server runs with --compare-servers
+# Sequential requests on the compared server (a full run stays under ~8 minutes).
+COMPARE_REQUESTS = 30
+IDLE_SECONDS = 4.0  # the stack's CPU at rest, measured after the warm-up
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    return values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--only", help=f"comma-separated scenarios: {', '.join(sorted(ALIASES))} (default all)"
     )
     parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument(
+        "--server", choices=SERVERS, default="daphne", help="ASGI server of the stack (daphne)"
+    )
+    parser.add_argument(
+        "--compare-servers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="then run the sequential scenario and the largest burst on the other server"
+        " (default: on in a full run, off otherwise)",
+    )
+    parser.add_argument(
+        "--compare-requests",
+        type=int,
+        help=f"sequential requests on the other server (default {COMPARE_REQUESTS}, at most"
+        " --requests)",
+    )
+    parser.add_argument(
+        "--uvicorn-ws",
+        choices=("websockets", "websockets-sansio", "wsproto"),
+        default="websockets",
+        help="uvicorn's websocket implementation (websockets)",
+    )
     parser.add_argument("--requests", type=int, help="sequential requests (default 50)")
     parser.add_argument("--warmup", type=int, help="sequential warm-up requests (default 5)")
-    parser.add_argument("--streams", type=int, help="concurrent streams (default 50)")
-    parser.add_argument("--rounds", type=int, help="measured concurrent rounds (default 3)")
+    parser.add_argument(
+        "--history-lengths",
+        type=_ints,
+        help="message numbers of the history series, 1 or even (default 1,10,50,100)",
+    )
+    parser.add_argument(
+        "--history-requests", type=int, help="measured requests per history length (default 12)"
+    )
+    parser.add_argument(
+        "--bursts", type=_ints, help="streams released at once, one size after the other (20,50)"
+    )
+    parser.add_argument("--streams", type=int, help="a single burst of this size (= --bursts N)")
+    parser.add_argument("--rounds", type=int, help="measured rounds per burst size (default 3)")
     parser.add_argument("--resume-streams", type=int, help="drop+resume streams (default 1000)")
     parser.add_argument(
         "--resume-concurrency", type=int, help="drop+resume streams at a time (default 50)"
@@ -69,7 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=1, help="random seed of the resume plans")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy daphne and the worker in extra rounds"
+        "--profile",
+        action="store_true",
+        help="py-spy the web server and the worker in extra rounds (sequential, largest burst)",
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="raw output dir")
     parser.add_argument("--results", type=Path, help="where to write RESULTS.md")
@@ -84,13 +148,16 @@ def options_from(args: argparse.Namespace) -> scenarios.Options:
     )
     if args.quick:
         opts.seq_requests, opts.seq_warmup = 10, 2
-        opts.streams, opts.rounds = 10, 1
+        opts.history_lengths, opts.history_requests = [1, 100], 3
+        opts.bursts, opts.rounds = [5, 10], 1
         opts.resume_streams, opts.resume_concurrency = 40, 10
     opts.resume_interval_ms = args.interval_ms
     for arg, attr in (
         ("requests", "seq_requests"),
         ("warmup", "seq_warmup"),
-        ("streams", "streams"),
+        ("history_lengths", "history_lengths"),
+        ("history_requests", "history_requests"),
+        ("bursts", "bursts"),
         ("rounds", "rounds"),
         ("resume_streams", "resume_streams"),
         ("resume_concurrency", "resume_concurrency"),
@@ -100,6 +167,11 @@ def options_from(args: argparse.Namespace) -> scenarios.Options:
         value = getattr(args, arg)
         if value is not None:
             setattr(opts, attr, value)
+    if args.streams is not None:
+        opts.bursts = [args.streams]
+    bad = [n for n in opts.history_lengths if n != 1 and n % 2]
+    if bad:
+        raise SystemExit(f"--history-lengths: {bad} (a message number is 1 or even)")
     opts.seed = args.seed
     return opts
 
@@ -120,16 +192,23 @@ def conversations_needed(opts: scenarios.Options, which: list[str], profile: boo
     count = 3  # warm-up
     if "ttft" in which:
         count += opts.seq_requests + opts.seq_warmup + (20 if profile else 0)
-    if "concurrent" in which:
-        count += opts.streams
+    if "bursts" in which:
+        count += sum(opts.bursts)
     if "resume" in which:
         count += opts.resume_concurrency
     return count
 
 
+def history_needed(opts: scenarios.Options, which: list[str]) -> dict[int, int]:
+    if "history" not in which:
+        return {}
+    return {n: opts.history_requests + max(1, opts.history_warmup) for n in opts.history_lengths}
+
+
 async def run_scenarios(
     stack: Stack,
     sampler: Sampler,
+    meter: CpuMeter,
     opts: scenarios.Options,
     which: list[str],
     profiler: Profiler | None,
@@ -142,23 +221,97 @@ async def run_scenarios(
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as llm,
     ):
         bench = scenarios.Bench(
-            stack, sampler, opts, http, llm, ServiceClient(http, stack.web_url, stack.ws_url)
+            stack, sampler, opts, http, llm, ServiceClient(http, stack.web_url, stack.ws_url), meter
         )
-        users = max(1, min(10, opts.streams, opts.resume_concurrency))
-        await bench.setup(users, conversations_needed(opts, which, profiler is not None))
+        users = max(1, min(10, max(opts.bursts, default=10), opts.resume_concurrency))
+        await bench.setup(
+            users,
+            conversations_needed(opts, which, profiler is not None),
+            history_needed(opts, which),
+        )
         await bench.warm_up()
-        results["meta"]["direct_body_bytes"] = len(bench.direct_body)
+        results["direct_body_bytes"] = len(bench.direct_body)
+        results["idle_cpu_ms_per_s"] = await scenarios.idle_cpu(bench, IDLE_SECONDS)
         for name in which:
-            print(f"[bench] {name} ...", flush=True)
+            print(f"[bench] {stack.config.server}: {name} ...", flush=True)
             started = time.monotonic()
             if name == "ttft":
                 results["sequential"] = await scenarios.sequential(bench, profiler)
-            elif name == "concurrent":
-                results["concurrent"] = await scenarios.concurrent(bench, profiler)
+            elif name == "history":
+                results["history"] = await scenarios.history(bench)
+            elif name == "bursts":
+                results["bursts"] = await scenarios.bursts(bench, opts.bursts, profiler)
             elif name == "resume":
                 results["resume"] = await scenarios.resume(bench)
             stack.check_alive()
-            print(f"[bench] {name} done in {time.monotonic() - started:.0f} s", flush=True)
+            print(
+                f"[bench] {stack.config.server}: {name} done in {time.monotonic() - started:.0f} s",
+                flush=True,
+            )
+
+
+def measure(
+    server: str,
+    opts: scenarios.Options,
+    which: list[str],
+    args: argparse.Namespace,
+    log_dir: Path,
+    profile: bool,
+    deadline: float,
+) -> dict[str, Any]:
+    """Start a stack on `server`, run `which`, stop it; the scenarios' results, the RSS series
+    ("rss"), the py-spy summaries ("profiles") and the Redis version ("redis_version")."""
+    stack = Stack(
+        StackConfig(
+            tokens=opts.tokens,
+            first_token_ms=opts.first_token_ms,
+            interval_ms=opts.interval_ms,
+            server=server,
+            uvicorn_ws=args.uvicorn_ws,
+            log_dir=log_dir,
+        )
+    )
+    atexit.register(stack.stop)
+    results: dict[str, Any] = {"server": server}
+    sampler: Sampler | None = None
+    started = time.monotonic()
+    try:
+        print(f"[bench] starting redis, fake LLM, {server}, worker ...", flush=True)
+        stack.start()
+        pids = stack.pids()
+        sampler = Sampler(
+            {name: pids[name] for name in ("web", "worker", "fake_llm", "redis")}
+            | {"bench_clients": os.getpid()},
+            without_children=frozenset({"bench_clients"}),
+            redis_url=stack.redis_url,
+        ).start()
+        meter = CpuMeter({"web": pids["web"], "worker": pids["worker"]})
+        results["redis_version"] = str(stack.redis_info().get("redis_version", "?"))
+        profiler = (
+            Profiler(args.out, {server: pids["web"], "worker": pids["worker"]}) if profile else None
+        )
+        asyncio.run(
+            asyncio.wait_for(
+                run_scenarios(stack, sampler, meter, opts, which, profiler, results),
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        )
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        print(f"[bench] stopping the {server} stack ...", flush=True)
+        stack.stop()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["rss"] = sampler.series() if sampler else {}
+    profiles = {}
+    if "sequential" in results and "profile" in results["sequential"]:
+        profiles["sequential"] = results["sequential"].pop("profile")
+    for data in results.get("bursts") or []:
+        if "profile" in data:
+            profiles[f"{data['streams']} at once"] = data.pop("profile")
+    if profiles:
+        results["profiles"] = profiles
+    return results
 
 
 def _sigterm(signum: int, frame: Any) -> None:
@@ -178,69 +331,51 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = options_from(args)
     which = chosen(args.only)
+    compare = full if args.compare_servers is None else args.compare_servers
+    other = next(s for s in SERVERS if s != args.server)
     args.out.mkdir(parents=True, exist_ok=True)
-    stack = Stack(
-        StackConfig(
-            tokens=opts.tokens,
-            first_token_ms=opts.first_token_ms,
-            interval_ms=opts.interval_ms,
-            log_dir=args.out / "logs",
-        )
-    )
-    atexit.register(stack.stop)
     signal.signal(signal.SIGTERM, _sigterm)
     # Also when started in the background of a non-interactive shell, which ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     command = "python -m bench.run" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
-    results: dict[str, Any] = {
-        "meta": {
-            "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
-            "command": command,
-            "scenarios": which,
-            "options": vars(opts),
-            "app_code_before": report.app_fingerprint(ROOT),
-        }
+    meta: dict[str, Any] = {
+        "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "command": command,
+        "scenarios": which,
+        "server": args.server,
+        "uvicorn_ws": args.uvicorn_ws,
+        "options": vars(opts),
+        "app_code_before": report.app_fingerprint(ROOT),
     }
     started = time.monotonic()
-    sampler: Sampler | None = None
-    try:
-        print("[bench] starting redis, fake LLM, daphne, worker ...", flush=True)
-        stack.start()
-        pids = stack.pids()
-        sampler = Sampler(
-            {name: pids[name] for name in ("daphne", "worker", "fake_llm", "redis")}
-            | {"bench_clients": os.getpid()},
-            without_children=frozenset({"bench_clients"}),
-            redis_url=stack.redis_url,
-        ).start()
-        redis_version = str(stack.redis_info().get("redis_version", "?"))
-        profiler = (
-            Profiler(args.out, {"daphne": pids["daphne"], "worker": pids["worker"]})
-            if args.profile
-            else None
+    deadline = started + args.max_minutes * 60
+    main_run = measure(args.server, opts, which, args, args.out / "logs", args.profile, deadline)
+    results: dict[str, Any] = {"meta": meta}
+    meta["direct_body_bytes"] = main_run.pop("direct_body_bytes", None)
+    redis_version = main_run.pop("redis_version", "?")
+    main_run.pop("server", None)
+    results.update(main_run)
+    if compare:
+        compare_opts = copy.deepcopy(opts)
+        compare_opts.bursts = [max(opts.bursts)]
+        compare_opts.seq_requests = (
+            args.compare_requests
+            if args.compare_requests is not None
+            else min(COMPARE_REQUESTS, opts.seq_requests)
         )
-        asyncio.run(
-            asyncio.wait_for(
-                run_scenarios(stack, sampler, opts, which, profiler, results),
-                timeout=args.max_minutes * 60,
-            )
+        compare_which = [n for n in COMPARED if n in which] or list(COMPARED)
+        meta["compare_server"] = other
+        meta["compare_options"] = {
+            "seq_requests": compare_opts.seq_requests,
+            "bursts": compare_opts.bursts,
+            "scenarios": compare_which,
+        }
+        results["compare"] = measure(
+            other, compare_opts, compare_which, args, args.out / "logs" / other, False, deadline
         )
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        print("[bench] stopping the stack ...", flush=True)
-        stack.stop()
-
-    results["meta"]["seconds"] = time.monotonic() - started
-    results["meta"]["app_code_after"] = report.app_fingerprint(ROOT)
-    results["meta"]["machine"] = report.machine_info(redis_version)
-    results["rss"] = sampler.series() if sampler else {}
-    profiles = {}
-    for key in ("sequential", "concurrent"):
-        if key in results and "profile" in results[key]:
-            profiles[key] = results[key].pop("profile")
-    if profiles:
-        results["profiles"] = profiles
+    meta["seconds"] = time.monotonic() - started
+    meta["app_code_after"] = report.app_fingerprint(ROOT)
+    meta["machine"] = report.machine_info(redis_version)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     for path in (args.out / "results.json", args.out / f"results-{stamp}.json"):
         path.write_text(json.dumps(results, indent=1))

@@ -1,9 +1,12 @@
 """RSS and CPU of the stack's processes (each with its child processes), sampled every 100 ms,
-and the channel-layer backlog: messages waiting in Redis for daphne's consumers.
+and the channel-layer backlog: messages waiting in Redis for the web server's consumers.
 
 A daemon thread in the orchestrator: one psutil read per process per tick, microseconds each,
 and one ZCARD per process channel key. Scenarios mark phases (monotonic start/end) so peaks
-can be read per phase afterwards.
+can be read per phase afterwards. The web server's process is named "web" (daphne or uvicorn).
+
+`CpuMeter` reads the CPU time of chosen processes on demand (to charge a measured window's CPU
+to the replies completed in it); `CpuTally` adds such windows up.
 """
 
 from __future__ import annotations
@@ -120,19 +123,19 @@ class Sampler:
         return [s for s in self.samples if any(a <= s.t <= b for a, b in windows)]
 
     def peak_mib(self, phase: str) -> dict[str, float]:
-        """Peak RSS in MiB per process over the phase's windows, plus the daphne+worker total
+        """Peak RSS in MiB per process over the phase's windows, plus the web+worker total
         (the peak of the sum, sampled at the same tick)."""
         chosen = self._in(self.window(phase))
         if not chosen:
             return {}
         peaks = {name: max(s.rss.get(name, 0) for s in chosen) / MIB for name in chosen[0].rss}
-        peaks["daphne+worker"] = (
-            max(s.rss.get("daphne", 0) + s.rss.get("worker", 0) for s in chosen) / MIB
+        peaks["web+worker"] = (
+            max(s.rss.get("web", 0) + s.rss.get("worker", 0) for s in chosen) / MIB
         )
         return {k: round(v, 1) for k, v in peaks.items()}
 
     def peak_backlog(self, phase: str) -> int | None:
-        """Most channel-layer messages waiting in Redis for daphne at one tick of the phase."""
+        """Most channel-layer messages waiting in Redis for the web process at one tick."""
         chosen = self._in(self.window(phase))
         if not chosen or not self.backlog_keys_seen:
             return None  # not sampled, or a channel layer without such queues (pub/sub)
@@ -169,3 +172,60 @@ class Sampler:
                 for name, a, b in self.phases
             ],
         }
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds of `proc`, of its reaped children, and of its live
+    descendants (and theirs). Linux accounts it in clock ticks (10 ms): read over windows
+    holding many replies, or add many windows up."""
+    total = 0.0
+    members = [proc]
+    with contextlib.suppress(psutil.Error):
+        members += proc.children(recursive=True)
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            times = member.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+class CpuMeter:
+    """Cumulative CPU seconds of named processes (with children), read when asked. Own
+    psutil.Process objects: the sampler thread's are not shared across threads."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def read(self) -> dict[str, float]:
+        return {name: cpu_seconds(proc) for name, proc in self.procs.items()}
+
+
+@dataclass
+class CpuTally:
+    """CPU seconds per process summed over measured windows, and what the windows held."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+    items: int = 0  # replies completed (or connections made) in the windows
+
+    def add(self, before: dict[str, float], after: dict[str, float], items: int = 1) -> None:
+        for name, value in after.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + value - before.get(name, 0.0)
+        self.windows += 1
+        self.items += items
+
+    def per_item_ms(self) -> dict[str, Any]:
+        """CPU milliseconds per item for each process and for web+worker together."""
+        if not self.items:
+            return {"items": 0}
+        answer: dict[str, Any] = {
+            name: round(1000 * value / self.items, 2) for name, value in self.seconds.items()
+        }
+        if "web" in self.seconds and "worker" in self.seconds:
+            answer["web+worker"] = round(
+                1000 * (self.seconds["web"] + self.seconds["worker"]) / self.items, 2
+            )
+        answer["items"] = self.items
+        answer["windows"] = self.windows
+        answer["total_s"] = round(sum(self.seconds.values()), 3)
+        return answer

@@ -1,9 +1,17 @@
 """The measured scenarios. Each returns a JSON-ready dict; run.py puts them side by side.
 
 - sequential: one request at a time, service and direct-LLM alternately (TTFT and gaps);
-- concurrent: N websocket streams at once vs N direct streams at once (TTFT, gaps, seq check,
-  RSS/CPU of daphne and the worker);
+- history: the same, on conversations whose next message is message 1, 10, 50, 100 of the
+  branch (pre-filled in the database), each against a direct request with the worker's own
+  body at that length;
+- bursts: N websocket streams released at once vs N direct streams at once, for each N (TTFT,
+  gaps, seq check, RSS and CPU of the web server and the worker);
 - resume: many streams whose clients drop mid-stream and resume on a new connection.
+
+CPU per reply: the CPU seconds of the web server and of the worker (psutil, with children),
+read before and after each measured window, summed, divided by the replies completed in the
+windows. Websocket connects (ticket + upgrade + ping/pong) and closes are made outside those
+windows and measured on their own.
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ from bench.clients import (
     drop,
     service_stream,
 )
-from bench.sampler import Sampler
+from bench.sampler import CpuMeter, CpuTally, Sampler
 from bench.stack import Stack
 from bench.stats import summary
+from bench.texts import expected_text, message_content
+
+__all__ = ["Bench", "Options", "bursts", "expected_text", "history", "resume", "sequential"]
 
 
 @dataclass
@@ -47,9 +58,13 @@ class Options:
     seq_requests: int = 50
     seq_warmup: int = 5
     pause: float = 0.2
-    streams: int = 50
+    history_lengths: list[int] = field(default_factory=lambda: [1, 10, 50, 100])
+    history_requests: int = 12  # measured per length
+    history_warmup: int = 1  # per length; the first one's LLM request body is the direct body
+    bursts: list[int] = field(default_factory=lambda: [20, 50])
     rounds: int = 3
     warmup_rounds: int = 1
+    settle: float = 0.3  # after a burst's last reply, before its CPU window closes
     resume_streams: int = 1000
     resume_concurrency: int = 50
     resume_interval_ms: float = 20.0
@@ -60,16 +75,6 @@ class Options:
     stream_timeout: float = 60.0
 
 
-def expected_text(tokens: int) -> str:
-    """What the fake LLM streams with --tokens N (fake_llm.Script.numbered)."""
-    return "".join(f"token{i}" if i == 1 else f" token{i}" for i in range(1, tokens + 1))
-
-
-def message_content(index: int) -> str:
-    # Same length every time, different text: token counts are memoised per text.
-    return f"Benchmark message {index:07d}: please answer in a few words."
-
-
 @dataclass
 class Bench:
     stack: Stack
@@ -78,10 +83,11 @@ class Bench:
     http: aiohttp.ClientSession
     llm: aiohttp.ClientSession
     api: ServiceClient
+    meter: CpuMeter
     pool: list[Conversation] = field(default_factory=list)
+    history_pool: dict[int, list[Conversation]] = field(default_factory=dict)
     direct_body: bytes = b""
     counter: itertools.count[int] = field(default_factory=itertools.count)
-    records: list[StreamRecord] = field(default_factory=list)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -94,43 +100,90 @@ class Bench:
         taken, self.pool = self.pool[:count], self.pool[count:]
         return taken
 
-    async def setup(self, users: int, conversations: int) -> None:
-        seeded = await asyncio.to_thread(
-            self.stack.dbtool,
-            ["seed", "--users", str(users), "--conversations", str(conversations)],
-        )
+    def take_history(self, length: int) -> Conversation:
+        left = self.history_pool.get(length) or []
+        if not left:
+            raise BenchError(f"no pre-filled conversation of length {length} left")
+        return left.pop(0)
+
+    async def setup(self, users: int, conversations: int, history: dict[int, int]) -> None:
+        args = ["seed", "--users", str(users), "--conversations", str(conversations)]
+        if history:
+            args += ["--history", ",".join(f"{n}:{c}" for n, c in history.items())]
+            args += ["--tokens", str(self.options.tokens)]
+        seeded = await asyncio.to_thread(self.stack.dbtool, args)
         tokens = {}
         for name in seeded["users"]:
             tokens[name] = await self.api.login(name, "bench-password-0123")
         self.pool = [Conversation(c["id"], tokens[c["user"]]) for c in seeded["conversations"]]
+        self.history_pool = {
+            int(length): [Conversation(c["id"], tokens[c["user"]]) for c in made]
+            for length, made in (seeded.get("history") or {}).items()
+        }
 
     async def service(
         self, ws: aiohttp.ClientWebSocketResponse, go: asyncio.Event | None = None
     ) -> StreamRecord:
         index = next(self.counter)
-        record = await service_stream(
+        return await service_stream(
             ws,
             message_content(index),
             f"b{index}-{uuid.uuid4().hex[:12]}",
             go=go,
             timeout=self.options.stream_timeout,
         )
-        self.records.append(record)
-        return record
 
-    async def direct(self, go: asyncio.Event | None = None) -> StreamRecord:
+    async def direct(
+        self, go: asyncio.Event | None = None, body: bytes | None = None
+    ) -> StreamRecord:
         return await direct_stream(
             self.llm,
             self.llm_completions,
-            self.direct_body,
+            body or self.direct_body,
             go=go,
             timeout=self.options.stream_timeout,
         )
+
+    async def connect(
+        self, conversation: Conversation, tally: CpuTally | None = None
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A ready websocket (ticket, upgrade, ping/pong); its CPU goes to `tally`."""
+        before = self.meter.read()
+        ws = await self.api.connect(conversation.id, conversation.access)
+        if tally is not None:
+            tally.add(before, self.meter.read())
+        return ws
+
+    async def close(self, ws: aiohttp.ClientWebSocketResponse, tally: CpuTally | None) -> None:
+        before = self.meter.read()
+        await ws.close()
+        if tally is not None:
+            tally.add(before, self.meter.read())
+
+    async def metered_service(
+        self, ws: aiohttp.ClientWebSocketResponse, tally: CpuTally | None
+    ) -> StreamRecord:
+        """One reply, then the pause; the CPU of both goes to `tally` (the pause lets the
+        reply's last writes land in the window)."""
+        before = self.meter.read()
+        record = await self.service(ws)
+        await asyncio.sleep(self.options.pause)
+        if tally is not None:
+            tally.add(before, self.meter.read(), items=int(_completed(record)))
+        return record
 
     async def fake(self, method: str, path: str, body: Any = None) -> Any:
         async with self.llm.request(method, f"{self.stack.llm_url}{path}", json=body) as resp:
             resp.raise_for_status()
             return await resp.json()
+
+    async def worker_body(self) -> bytes:
+        """The last streaming request body the fake LLM received (the worker's), as sent."""
+        bodies = await self.fake("GET", "/_fake/requests")
+        streamed = [b for b in bodies if isinstance(b, dict) and b.get("stream")]
+        if not streamed:
+            raise BenchError("the fake LLM saw no streaming request from the worker")
+        return json.dumps(streamed[-1]).encode()
 
     async def warm_up(self, count: int = 3) -> None:
         """A few service requests; then take the worker's own request body for direct calls."""
@@ -142,14 +195,28 @@ class Bench:
                 await ws.close()
             if record.error:
                 raise BenchError(f"warm-up request failed: {record.error}")
-        bodies = await self.fake("GET", "/_fake/requests")
-        streamed = [b for b in bodies if isinstance(b, dict) and b.get("stream")]
-        if not streamed:
-            raise BenchError("the fake LLM saw no streaming request from the worker")
-        self.direct_body = json.dumps(streamed[-1]).encode()
+        self.direct_body = await self.worker_body()
         await self.fake("DELETE", "/_fake/requests")
         for _ in range(count):
             await self.direct()
+
+
+def _completed(record: StreamRecord) -> bool:
+    return record.end_type == "generation.completed" and not record.error
+
+
+async def idle_cpu(bench: Bench, seconds: float) -> dict[str, Any]:
+    """CPU milliseconds per second of the web server and the worker with nothing to do (their
+    timers and polls): what a measured window holds besides the replies' own work."""
+    await asyncio.sleep(1.0)  # the warm-up's last writes
+    before, started = bench.meter.read(), time.monotonic()
+    await asyncio.sleep(seconds)
+    after, elapsed = bench.meter.read(), time.monotonic() - started
+    answer: dict[str, Any] = {
+        name: round(1000 * (after[name] - before[name]) / elapsed, 2) for name in after
+    }
+    answer["seconds"] = round(elapsed, 1)
+    return answer
 
 
 # --- analysis -------------------------------------------------------------------------------
@@ -162,6 +229,16 @@ def ttft_table(service: list[StreamRecord], direct: list[StreamRecord]) -> dict[
         for key in ("p50", "p95", "p99", "mean")
     }
     return {"service_ms": ss, "direct_ms": ds, "added_ms": added}
+
+
+def paired(service: list[StreamRecord], direct: list[StreamRecord]) -> dict[str, Any]:
+    return summary(
+        [
+            s.ttft_ms - d.ttft_ms
+            for s, d in zip(service, direct, strict=True)
+            if s.ttft_ms is not None and d.ttft_ms is not None
+        ]
+    )
 
 
 def stage_table(service: list[StreamRecord]) -> dict[str, Any]:
@@ -213,49 +290,75 @@ def seq_check(records: list[StreamRecord], tokens: int) -> dict[str, Any]:
         "streams": len(records),
         "ok": len(records) - len(bad),
         "deltas": sum(len(r.seqs) for r in records),
+        # Streams with fewer deltas than tokens: the server joined tokens that arrived together.
+        "joined_streams": sum(1 for r in records if r.seqs and len(r.seqs) < tokens),
         "problems": dict(itertools.islice(bad.items(), 20)),
         "notes": sorted({n for r in records for n in r.notes}),
     }
 
 
+def _records(service: list[StreamRecord], direct: list[StreamRecord]) -> dict[str, Any]:
+    return {"service": [r.to_json() for r in service], "direct": [r.to_json() for r in direct]}
+
+
 # --- scenario 1: one at a time ----------------------------------------------------------------
+async def _pair(
+    bench: Bench,
+    conversation: Conversation,
+    service_first: bool,
+    *,
+    body: bytes | None = None,
+    cpu: CpuTally | None = None,
+    connects: CpuTally | None = None,
+    closes: CpuTally | None = None,
+) -> tuple[StreamRecord, StreamRecord]:
+    """A fresh websocket, then a service request and a direct request (in the given order),
+    each followed by the pause. Only the service request and its pause are in the CPU window."""
+    pause = bench.options.pause
+    ws = await bench.connect(conversation, connects)
+    try:
+        if service_first:
+            s = await bench.metered_service(ws, cpu)
+            d = await bench.direct(body=body)
+            await asyncio.sleep(pause)
+        else:
+            d = await bench.direct(body=body)
+            await asyncio.sleep(pause)
+            s = await bench.metered_service(ws, cpu)
+    finally:
+        await bench.close(ws, closes)
+    return s, d
+
+
 async def sequential(bench: Bench, profile: Any = None) -> dict[str, Any]:
     opts = bench.options
     service: list[StreamRecord] = []
     direct: list[StreamRecord] = []
     fresh: list[bool] = []  # the service request was sent right after connecting
+    cpu, connects, closes = CpuTally(), CpuTally(), CpuTally()
     conversations = bench.take(opts.seq_requests + opts.seq_warmup)
     started = time.monotonic()
     with bench.sampler.phase("sequential"):
         for i, conversation in enumerate(conversations):
-            ws = await bench.api.connect(conversation.id, conversation.access)
-            try:
-                if i % 2 == 0:
-                    d = await bench.direct()
-                    await asyncio.sleep(opts.pause)
-                    s = await bench.service(ws)
-                else:
-                    s = await bench.service(ws)
-                    await asyncio.sleep(opts.pause)
-                    d = await bench.direct()
-            finally:
-                await ws.close()
-            await asyncio.sleep(opts.pause)
-            if i >= opts.seq_warmup:
+            measured = i >= opts.seq_warmup
+            s, d = await _pair(
+                bench,
+                conversation,
+                service_first=i % 2 == 1,
+                cpu=cpu if measured else None,
+                connects=connects if measured else None,
+                closes=closes if measured else None,
+            )
+            if measured:
                 service.append(s)
                 direct.append(d)
                 fresh.append(i % 2 == 1)
-    paired = [
-        s.ttft_ms - d.ttft_ms
-        for s, d in zip(service, direct, strict=True)
-        if s.ttft_ms is not None and d.ttft_ms is not None
-    ]
     result = {
         "requests": len(service),
         "warmup": opts.seq_warmup,
         "seconds": round(time.monotonic() - started, 1),
         "ttft": ttft_table(service, direct),
-        "added_paired_ms": summary(paired),
+        "added_paired_ms": paired(service, direct),
         # Alternation also alternates how long the websocket was open before the send: right
         # after the ping/pong, or after the direct request (~1 s). Both halves, separately.
         "by_connection_age": {
@@ -269,11 +372,11 @@ async def sequential(bench: Bench, profile: Any = None) -> dict[str, Any]:
         "stages": stage_table(service),
         "gaps": gap_table(service, direct, opts.interval_ms),
         "check": seq_check(service, opts.tokens),
+        "cpu_per_reply_ms": cpu.per_item_ms(),
+        "cpu_per_connect_ms": connects.per_item_ms(),
+        "cpu_per_close_ms": closes.per_item_ms(),
         "direct_errors": [d.error for d in direct if d.error][:5],
-        "records": {
-            "service": [r.to_json() for r in service],
-            "direct": [r.to_json() for r in direct],
-        },
+        "records": _records(service, direct),
     }
     if profile is not None and bench.pool:
         # Unmeasured: the same one-at-a-time requests with py-spy attached (connected first).
@@ -295,30 +398,134 @@ async def sequential(bench: Bench, profile: Any = None) -> dict[str, Any]:
     return result
 
 
-# --- scenario 2: N streams at once ------------------------------------------------------------
+# --- scenario 2: growing history ------------------------------------------------------------
+async def history(bench: Bench) -> dict[str, Any]:
+    """One request at a time on pre-filled conversations, the lengths interleaved (so that a
+    drift of the machine's load hits every length alike), each against a direct request with
+    the body the worker sent at that length in the warm-up."""
+    opts = bench.options
+    lengths = list(opts.history_lengths)
+    bodies: dict[int, bytes] = {}
+    prompt: dict[int, dict[str, Any]] = {}
+    started = time.monotonic()
+    for length in lengths:
+        for _ in range(max(1, opts.history_warmup)):
+            await bench.fake("DELETE", "/_fake/requests")
+            ws = await bench.connect(bench.take_history(length))
+            try:
+                s = await bench.metered_service(ws, None)
+                if s.error or not _completed(s):
+                    raise BenchError(f"history warm-up at message {length} failed: {s.error}")
+                if length not in bodies:
+                    # Taken before any direct request of this length goes to the fake LLM.
+                    bodies[length] = await bench.worker_body()
+                    sent = json.loads(bodies[length]).get("messages") or []
+                    prompt[length] = {
+                        "messages": len(sent),
+                        "body_bytes": len(bodies[length]),
+                        "content_bytes": sum(len(str(m.get("content", "")).encode()) for m in sent),
+                    }
+                await bench.direct(body=bodies[length])
+                await asyncio.sleep(opts.pause)
+            finally:
+                await ws.close()
+    await bench.fake("DELETE", "/_fake/requests")
+    service: dict[int, list[StreamRecord]] = {n: [] for n in lengths}
+    direct: dict[int, list[StreamRecord]] = {n: [] for n in lengths}
+    cpu = {n: CpuTally() for n in lengths}
+    connects, closes = CpuTally(), CpuTally()
+    with bench.sampler.phase("history"):
+        for k in range(opts.history_requests):
+            for length in lengths:
+                s, d = await _pair(
+                    bench,
+                    bench.take_history(length),
+                    service_first=k % 2 == 1,
+                    body=bodies[length],
+                    cpu=cpu[length],
+                    connects=connects,
+                    closes=closes,
+                )
+                service[length].append(s)
+                direct[length].append(d)
+    by_length: dict[str, dict[str, Any]] = {
+        str(n): {
+            "prompt": prompt[n],
+            "ttft": ttft_table(service[n], direct[n]),
+            "added_paired_ms": paired(service[n], direct[n]),
+            "stages": stage_table(service[n]),
+            "gaps": gap_table(service[n], direct[n], opts.interval_ms),
+            "check": seq_check(service[n], opts.tokens),
+            "cpu_per_reply_ms": cpu[n].per_item_ms(),
+            "direct_errors": [d.error for d in direct[n] if d.error][:5],
+            "records": _records(service[n], direct[n]),
+        }
+        for n in lengths
+    }
+    first, last = by_length[str(lengths[0])], by_length[str(lengths[-1])]
+    p50_first, p50_last = first["ttft"]["added_ms"]["p50"], last["ttft"]["added_ms"]["p50"]
+    await bench.fake("DELETE", "/_fake/requests")
+    return {
+        "lengths": lengths,
+        "requests_per_length": opts.history_requests,
+        "warmup_per_length": max(1, opts.history_warmup),
+        "seconds": round(time.monotonic() - started, 1),
+        "by_length": by_length,
+        "growth": {
+            "from": lengths[0],
+            "to": lengths[-1],
+            "added_p50_ms": None if p50_first is None or p50_last is None else p50_last - p50_first,
+        },
+        "cpu_per_connect_ms": connects.per_item_ms(),
+        "cpu_per_close_ms": closes.per_item_ms(),
+    }
+
+
+# --- scenario 3: N streams at once ------------------------------------------------------------
 async def _service_round(
-    bench: Bench, conversations: list[Conversation], phase: str | None, profile: Any = None
+    bench: Bench,
+    conversations: list[Conversation],
+    phase: str | None,
+    profile: Any = None,
+    cpu: CpuTally | None = None,
+    connects: CpuTally | None = None,
+    closes: CpuTally | None = None,
+    label: str = "burst",
 ) -> list[StreamRecord]:
+    """Connect all (outside the CPU window), release every send at once, read every reply to
+    its end, wait `settle`, close all (outside the window)."""
+    before = bench.meter.read()
     sockets = await asyncio.gather(*(bench.api.connect(c.id, c.access) for c in conversations))
+    if connects is not None:
+        connects.add(before, bench.meter.read(), items=len(sockets))
     try:
         go = asyncio.Event()
         tasks = [asyncio.create_task(bench.service(ws, go)) for ws in sockets]
         await asyncio.sleep(0.05)  # every task is waiting on `go`
-        if profile is not None and profile.start("concurrent"):
+        if profile is not None and profile.start(label):
             await asyncio.sleep(0.5)  # let py-spy attach
             go.set()
             try:
                 return list(await asyncio.gather(*tasks))
             finally:
                 profile.stop()
+        before = bench.meter.read()
         if phase:
             with bench.sampler.phase(phase):
                 go.set()
-                return list(await asyncio.gather(*tasks))
-        go.set()
-        return list(await asyncio.gather(*tasks))
+                records = list(await asyncio.gather(*tasks))
+        else:
+            go.set()
+            records = list(await asyncio.gather(*tasks))
+        await asyncio.sleep(bench.options.settle)
+        if cpu is not None:
+            cpu.add(before, bench.meter.read(), items=sum(1 for r in records if _completed(r)))
+        return records
     finally:
+        before = bench.meter.read()
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        if closes is not None:
+            closes.add(before, bench.meter.read(), items=len(sockets))
 
 
 async def _direct_round(bench: Bench, count: int) -> list[StreamRecord]:
@@ -329,24 +536,32 @@ async def _direct_round(bench: Bench, count: int) -> list[StreamRecord]:
     return list(await asyncio.gather(*tasks))
 
 
-async def concurrent(bench: Bench, profile: Any = None) -> dict[str, Any]:
+async def burst(bench: Bench, size: int, profile: Any = None) -> dict[str, Any]:
+    """Rounds of `size` service streams released at once, alternating with `size` direct
+    streams at once; the first `warmup_rounds` are not counted."""
     opts = bench.options
-    conversations = bench.take(opts.streams)
+    conversations = bench.take(size)
+    phase = f"burst{size}"
     service: list[StreamRecord] = []
     direct: list[StreamRecord] = []
+    cpu, connects, closes = CpuTally(), CpuTally(), CpuTally()
     rounds = []
     started = time.monotonic()
     for r in range(opts.warmup_rounds + opts.rounds):
         measured = r >= opts.warmup_rounds
-        phase = "concurrent" if measured else None
+        tallies: dict[str, Any] = (
+            {"phase": phase, "cpu": cpu, "connects": connects, "closes": closes}
+            if measured
+            else {"phase": None}
+        )
         if r % 2 == 0:
-            s = await _service_round(bench, conversations, phase)
+            s = await _service_round(bench, conversations, **tallies)
             await asyncio.sleep(0.5)
-            d = await _direct_round(bench, opts.streams)
+            d = await _direct_round(bench, size)
         else:
-            d = await _direct_round(bench, opts.streams)
+            d = await _direct_round(bench, size)
             await asyncio.sleep(0.5)
-            s = await _service_round(bench, conversations, phase)
+            s = await _service_round(bench, conversations, **tallies)
         await asyncio.sleep(0.5)
         bench.stack.check_alive()
         if measured:
@@ -354,7 +569,7 @@ async def concurrent(bench: Bench, profile: Any = None) -> dict[str, Any]:
             direct += d
             rounds.append(ttft_table(s, d)["added_ms"])
     result: dict[str, Any] = {
-        "streams": opts.streams,
+        "streams": size,
         "rounds": opts.rounds,
         "warmup_rounds": opts.warmup_rounds,
         "seconds": round(time.monotonic() - started, 1),
@@ -363,19 +578,19 @@ async def concurrent(bench: Bench, profile: Any = None) -> dict[str, Any]:
         "stages": stage_table(service),
         "gaps": gap_table(service, direct, opts.interval_ms),
         "check": seq_check(service, opts.tokens),
+        "cpu_per_reply_ms": cpu.per_item_ms(),
+        "cpu_per_connect_ms": connects.per_item_ms(),
+        "cpu_per_close_ms": closes.per_item_ms(),
         "direct_errors": [d.error for d in direct if d.error][:5],
-        "rss_peak_mib": bench.sampler.peak_mib("concurrent"),
-        "channel_backlog_peak": bench.sampler.peak_backlog("concurrent"),
-        "cpu_percent": bench.sampler.cpu_percent("concurrent"),
-        "records": {
-            "service": [r.to_json() for r in service],
-            "direct": [r.to_json() for r in direct],
-        },
+        "rss_peak_mib": bench.sampler.peak_mib(phase),
+        "channel_backlog_peak": bench.sampler.peak_backlog(phase),
+        "cpu_percent": bench.sampler.cpu_percent(phase),
+        "records": _records(service, direct),
     }
     if profile is not None:
         # Unmeasured: more rounds of the same load with py-spy attached (after the connects).
         for _ in range(3):
-            await _service_round(bench, conversations, None, profile)
+            await _service_round(bench, conversations, None, profile, label=phase)
             await asyncio.sleep(0.5)
         if profile.files:
             result["profile"] = profile.summaries()
@@ -383,7 +598,13 @@ async def concurrent(bench: Bench, profile: Any = None) -> dict[str, Any]:
     return result
 
 
-# --- scenario 5: drop and resume --------------------------------------------------------------
+async def bursts(bench: Bench, sizes: list[int], profile: Any = None) -> list[dict[str, Any]]:
+    """burst() for each size; py-spy (with --profile) on the largest."""
+    largest = max(sizes) if sizes else 0
+    return [await burst(bench, size, profile if size == largest else None) for size in sizes]
+
+
+# --- scenario 4: drop and resume --------------------------------------------------------------
 @dataclass
 class ResumePlan:
     points: list[int]  # disconnect after receiving these seqs
@@ -422,7 +643,8 @@ class ResumeResult:
         joined = "".join(self.texts)
         content = (self.final or {}).get("content")
         checks = {
-            "exact": self.seqs == list(range(1, n + 1)) and n == tokens,
+            # Seqs 1..n, each once, in order; n ≤ tokens as a delta may join several tokens.
+            "exact": self.seqs == list(range(1, n + 1)) and 0 < n <= tokens,
             "gaps": gaps,
             "duplicates": duplicates,
             "reorders": reorders,
@@ -653,6 +875,7 @@ async def resume(bench: Bench) -> dict[str, Any]:
         },
         "connections": sum(r.connections for r in results),
         "deltas": sum(len(r.seqs) for r in results),
+        "joined_streams": sum(1 for r in results if r.seqs and len(r.seqs) < opts.tokens),
         "deltas_after_resume": sum(r.after_resume for r in results),
         "resume_latency_ms": summary(latencies),
         "rss_peak_mib": bench.sampler.peak_mib("resume"),

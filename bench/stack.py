@@ -1,4 +1,6 @@
-"""The system under test as real processes: redis-server, the fake LLM, ONE daphne, ONE llm worker.
+"""The system under test as real processes: redis-server, the fake LLM, ONE web server process
+(daphne, or uvicorn with `server="uvicorn"`) serving messageservice.asgi:application, ONE llm
+worker. The web server's process is named "web".
 
 Every process is started in a session of its own (so a Ctrl-C reaches only the orchestrator,
 which then stops them in order) and is stopped by its own process group id in `Stack.stop()`.
@@ -25,6 +27,11 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
+SERVERS = ("daphne", "uvicorn")
+ASGI_APP = "messageservice.asgi:application"
+# messageservice/settings.py's default WS_MAX_MESSAGE_BYTES. daphne enforces it inside the
+# app's factories (messageservice/request_limits.py); uvicorn gets it as --ws-max-size.
+WS_MAX_MESSAGE_BYTES_DEFAULT = 64 * 1024
 
 
 def free_port() -> int:
@@ -78,6 +85,8 @@ class StackConfig:
     max_concurrent_requests: int = 50
     max_concurrent_llm_requests: int = 100
     partial_save_interval: float = 1.0
+    server: str = "daphne"
+    uvicorn_ws: str = "websockets"
     log_dir: Path = ROOT / "bench" / "out" / "logs"
 
 
@@ -108,8 +117,11 @@ class Stack:
 
     # --- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
-        """Start everything and return once daphne answers /health and the worker listens."""
+        """Start everything and return once the web server answers /health and the worker
+        listens."""
         cfg = self.config
+        if cfg.server not in SERVERS:
+            raise ValueError(f"unknown server {cfg.server!r}; choose from {SERVERS}")
         cfg.log_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="msbench-"))
         self.ports = {"redis": free_port(), "llm": free_port(), "web": free_port()}
@@ -160,23 +172,37 @@ class Stack:
 
         self.manage(["migrate", "--noinput", "-v", "0"], timeout=180)
 
-        self._spawn(
-            "daphne",
-            [
-                str(BIN / "daphne"),
-                "-b", HOST,
-                "-p", str(self.ports["web"]),
-                "messageservice.asgi:application",
-            ],
-        )  # fmt: skip
-        self._wait("daphne", lambda: _http_status(f"{self.web_url}/health", 2.0) == 200, 60)
+        self._spawn("web", self.web_command(), log_name=cfg.server)
+        self._wait("web", lambda: _http_status(f"{self.web_url}/health", 2.0) == 200, 60)
 
         self._spawn("worker", [sys.executable, "manage.py", "rqworker", "llm"])
         self._wait("worker", self._worker_listening, 60)
 
+    def web_command(self) -> list[str]:
+        """One web server process on HOST:port, serving the ASGI app.
+
+        Both log access lines at INFO (daphne's default; uvicorn's too), so a connect costs
+        the same logging on either."""
+        port = str(self.ports["web"])
+        if self.config.server == "daphne":
+            return [str(BIN / "daphne"), "-b", HOST, "-p", port, ASGI_APP]
+        ws_max = self.env.get("WS_MAX_MESSAGE_BYTES") or str(WS_MAX_MESSAGE_BYTES_DEFAULT)
+        return [
+            str(BIN / "uvicorn"), ASGI_APP,
+            "--host", HOST,
+            "--port", port,
+            "--loop", "uvloop",
+            "--http", "httptools",
+            "--ws", self.config.uvicorn_ws,
+            "--ws-max-size", ws_max,
+            # Channels' ProtocolTypeRouter has no "lifespan" route.
+            "--lifespan", "off",
+        ]  # fmt: skip
+
     def stop(self) -> None:
-        """Stop the worker first (it finishes running replies), then daphne, the LLM, Redis."""
-        for name in ("worker", "daphne", "fake_llm", "redis"):
+        """Stop the worker first (it finishes running replies), then the web server, the LLM,
+        Redis."""
+        for name in ("worker", "web", "fake_llm", "redis"):
             proc = self.procs.get(name)
             if proc is not None:
                 _terminate(proc, timeout=20 if name == "worker" else 10)
@@ -236,8 +262,8 @@ class Stack:
                     f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}"
                 )
 
-    def _spawn(self, name: str, cmd: list[str]) -> Proc:
-        log_path = self.config.log_dir / f"{name}.log"
+    def _spawn(self, name: str, cmd: list[str], log_name: str | None = None) -> Proc:
+        log_path = self.config.log_dir / f"{log_name or name}.log"
         log_file = log_path.open("wb")
         popen = subprocess.Popen(
             cmd,
