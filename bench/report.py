@@ -670,7 +670,8 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
         )
         + " serving `messageservice.asgi:application` and ONE `manage.py rqworker llm`"
         " (MAX_CONCURRENT_REQUESTS=50, MAX_CONCURRENT_LLM_REQUESTS=100), a fresh SQLite database"
-        " (ENVIRONMENT=development, LOG_LEVEL=WARNING, PARTIAL_SAVE_INTERVAL_SECONDS=1.0)."
+        " (ENVIRONMENT=production, so DEBUG off, with keys of the run's own; LOG_LEVEL=WARNING,"
+        " PARTIAL_SAVE_INTERVAL_SECONDS=1.0)."
         " The clients (aiohttp, one process, the orchestrator) share the 2 cores with all of them."
         + (
             f" Then the same on {compare.get('server')} for the comparison (section 7)."

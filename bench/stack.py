@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -133,7 +134,10 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "LLM_SERVICE_URL": f"{self.llm_url}/v1",
             "DEFAULT_LLM_PROVIDER": "lmstudio",
-            "ENVIRONMENT": "development",
+            # As deployed: production settings (DEBUG off), with keys of this run's own.
+            "ENVIRONMENT": "production",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(48),
+            "JWT_SECRET_KEY": secrets.token_urlsafe(48),
             "LOG_LEVEL": "WARNING",
             "MAX_CONCURRENT_REQUESTS": str(cfg.max_concurrent_requests),
             "MAX_CONCURRENT_LLM_REQUESTS": str(cfg.max_concurrent_llm_requests),

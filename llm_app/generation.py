@@ -8,6 +8,7 @@ the clients: `generation.completed`, `.failed` or `.cancelled`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 
 from llm_app.attempts import Cancelled, NotStarted, Progress, stream_unless_cancelled
@@ -38,6 +40,26 @@ from messages_app.selectors import Turn
 logger = logging.getLogger(__name__)
 
 _save_partial = sync_to_async(generation_save_partial)
+
+# The one read before the LLM is asked runs on threads of its own, so it never queues behind
+# the writes (starts, partial saves, ends) of the other generations on the worker's one
+# database thread; in a burst that queue is long.
+_READS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="generation-read")
+
+
+def _load_on_read_thread(
+    generation_id: int, stream_key: str | None
+) -> tuple[Generation, list[Turn]] | None:
+    close_old_connections()  # as channels does around its database hops
+    try:
+        return generation_load_with_history(
+            generation_id, stream_key, history_limit=history_limit(settings.LLM_CONTEXT_TOKENS)
+        )
+    finally:
+        close_old_connections()
+
+
+_load = sync_to_async(_load_on_read_thread, thread_sensitive=False, executor=_READS)
 
 
 async def _begin_into(
@@ -76,9 +98,7 @@ async def run_generation(generation_id: int, stream_key: str | None = None) -> N
     and the request goes out; marking the reply started and announcing it run meanwhile, and
     no delta is published before they are done (Progress.ready)."""
     taken_at = timezone.now()
-    loaded = await sync_to_async(generation_load_with_history)(
-        generation_id, stream_key, history_limit=history_limit(settings.LLM_CONTEXT_TOKENS)
-    )
+    loaded = await _load(generation_id, stream_key)
     if loaded is None:
         logger.warning("generation %s is not this database's; nothing to do", generation_id)
         return

@@ -30,6 +30,9 @@ from messageservice.settings import *  # noqa: E402,F403
 from messageservice.settings import DATABASES  # noqa: E402
 
 # A file, not memory, so that worker subprocesses of a test see the same test database.
+# The test database is dropped at the end of the run: connections that threads of in-process
+# workers keep open (persistent in production, DB_CONN_MAX_AGE) would hold it.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": os.path.join(tempfile.gettempdir(), f"messageservice-test-{os.getpid()}.sqlite3")
