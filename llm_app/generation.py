@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -30,7 +31,7 @@ from llm_app.state import (
     generation_finish,
     generation_load_with_history,
     generation_save_partial,
-    generation_start,
+    generation_start_many,
 )
 from messages_app import events
 from messages_app.broadcast import asend_event, conversation_group
@@ -74,10 +75,53 @@ async def _begin_into(
         ready.set_exception(exc)
 
 
+class _Starts:
+    """The starts of the generations of one event loop, written in batches: whatever starts
+    are waiting when the database thread is free go in one transaction (a burst of replies
+    would otherwise queue one commit each behind the others' writes)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Generation, datetime, asyncio.Future[bool]]] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    async def start(self, generation: Generation, taken_at: datetime) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiting.append((generation, taken_at, done))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.ensure_future(self._write())
+        return await done
+
+    async def _write(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting, []
+            try:
+                started = await _start_many([(g, t) for g, t, _ in batch])
+            except Exception as exc:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for generation, _, done in batch:
+                if not done.done():
+                    done.set_result(generation.pk in started)
+
+
+_start_many = sync_to_async(generation_start_many)
+_starts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Starts] = weakref.WeakKeyDictionary()
+
+
+def _loop_starts() -> _Starts:
+    loop = asyncio.get_running_loop()
+    starts = _starts.get(loop)
+    if starts is None:
+        starts = _starts[loop] = _Starts()
+    return starts
+
+
 async def _begin(generation: Generation, taken_at: datetime) -> bool:
     """Mark the reply streaming and announce `generation.started`; False if it is no longer
     queued. Runs while the LLM computes its first token."""
-    if not await sync_to_async(generation_start)(generation, taken_at):
+    if not await _loop_starts().start(generation, taken_at):
         return False
     reply = generation.message
     await asend_event(

@@ -11,7 +11,6 @@ from datetime import datetime
 from functools import cache
 
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from llm_app.attempts import Progress, storable
@@ -107,22 +106,49 @@ def generation_load_with_history(
     return generation, history
 
 
+@cache
+def _start_sql(vendor: str) -> tuple[str, str]:
+    # Identifiers come from the models' metadata; values are parameters.
+    message = (
+        f"UPDATE {rows.table(Message)} SET status = %s, updated_at = %s"  # noqa: S608
+        " WHERE id = %s AND status = %s"
+    )
+    generation = (
+        f"UPDATE {rows.table(Generation)} SET started_at = %s, attempt = attempt + 1"  # noqa: S608
+        " WHERE id = %s"
+    )
+    return message, generation
+
+
+def generation_start_many(items: list[tuple[Generation, datetime]]) -> set[int]:
+    """Move each generation's reply from queued to streaming, with `started_at` the time its
+    worker took it up, in ONE transaction (in a burst the starts of many generations share one
+    commit); the ids of those that started. One not queued any more (cancelled meanwhile) is
+    left alone. The instances are updated as the rows."""
+    message_sql, generation_sql = _start_sql(connection.vendor)
+    started: set[int] = set()
+    with transaction.atomic(), connection.cursor() as cursor:
+        for generation, taken_at in items:
+            at = connection.ops.adapt_datetimefield_value(taken_at)
+            cursor.execute(
+                message_sql,
+                [Message.Status.STREAMING, at, generation.message_id, Message.Status.QUEUED],
+            )
+            if cursor.rowcount != 1:
+                continue
+            cursor.execute(generation_sql, [at, generation.pk])
+            started.add(generation.pk)
+    for generation, taken_at in items:
+        if generation.pk in started:
+            generation.started_at = taken_at
+            generation.attempt += 1
+            generation.message.status = Message.Status.STREAMING
+    return started
+
+
 def generation_start(generation: Generation, now: datetime | None = None) -> bool:
-    """Move the reply from queued to streaming (one transaction); False if it is no longer
-    queued. `now`: when the worker took it up."""
-    now = now or timezone.now()
-    message = generation.message
-    with transaction.atomic():
-        updated = Message.objects.filter(pk=message.pk, status=Message.Status.QUEUED).update(
-            status=Message.Status.STREAMING, updated_at=now
-        )
-        if not updated:
-            return False
-        Generation.objects.filter(pk=generation.pk).update(started_at=now, attempt=F("attempt") + 1)
-    generation.started_at = now
-    generation.attempt += 1
-    message.status = Message.Status.STREAMING
-    return True
+    """Move the reply from queued to streaming; False if it is no longer queued."""
+    return bool(generation_start_many([(generation, now or timezone.now())]))
 
 
 def generation_save_partial(message_id: int, text: str, seq: int) -> None:

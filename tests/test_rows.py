@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from llm_app.models import Generation
-from llm_app.state import _generation_load_row
+from llm_app.state import _generation_load_row, generation_start_many
 from messages_app.models import Character, Conversation, Message
 from messages_app.services import _lock_for_send, conversation_create, message_send
 
@@ -58,3 +60,29 @@ def test_the_send_lock_reads_the_conversation_its_character_and_its_leaf(user, c
     with transaction.atomic():
         _, depth, has_children = _lock_for_send(conversation)
     assert (depth, has_children) == (0, True)
+
+
+def test_starts_in_one_transaction_skip_replies_no_longer_queued(user, character):
+    results = []
+    for i in range(3):
+        conversation = conversation_create(owner=user, character=character)
+        results.append(message_send(conversation=conversation, author=user, content=f"q{i}"))
+    cancelled = results[1].assistant_message
+    Message.objects.filter(pk=cancelled.pk).update(status=Message.Status.CANCELLED)
+    generations = [_generation_load_row(r.generation_id) for r in results]
+    taken_at = timezone.now() - timedelta(milliseconds=250)
+    started = generation_start_many([(g, taken_at) for g in generations if g is not None])
+    assert started == {results[0].generation_id, results[2].generation_id}
+    for result in results:
+        saved = Generation.objects.select_related("message").get(pk=result.generation_id)
+        if result.generation_id in started:
+            # The time the worker took it up, read back as the ORM reads it, on any backend.
+            assert (saved.message.status, saved.started_at, saved.attempt) == (
+                "streaming",
+                taken_at,
+                1,
+            )
+        else:
+            assert (saved.message.status, saved.started_at, saved.attempt) == ("cancelled", None, 0)
+    # Ordered comparisons on the column still work (the reaper's cutoff query).
+    assert Generation.objects.filter(started_at__lt=timezone.now()).count() == 2
