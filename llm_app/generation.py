@@ -133,10 +133,16 @@ async def _begin(generation: Generation, taken_at: datetime) -> bool:
     return True
 
 
-async def run_generation(generation_id: int, stream_key: str | None = None) -> None:
+async def run_generation(
+    generation_id: int,
+    stream_key: str | None = None,
+    *,
+    on_asked: Callable[[], None] | None = None,
+) -> None:
     """Run one generation to a terminal status. Safe to call twice: a finished one is left
     alone. `stream_key` is the reply's, as the job was queued; a mismatch means the job is
-    another database's, and nothing is done.
+    another database's, and nothing is done. `on_asked` is called once the LLM has been
+    asked (the worker holds its own bookkeeping for the job back until then).
 
     The LLM is asked first: one database read (the generation and its history), the prompt,
     and the request goes out; marking the reply started and announcing it run meanwhile, and
@@ -162,6 +168,8 @@ async def run_generation(generation_id: int, stream_key: str | None = None) -> N
         if not tasks:
             tasks.append(asyncio.ensure_future(_begin_into(ready, generation, taken_at)))
             tasks.append(asyncio.ensure_future(renew_lease(reply.stream_key)))
+            if on_asked is not None:
+                on_asked()
 
     try:
         await _generate(generation, history, progress, asked)

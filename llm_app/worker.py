@@ -56,6 +56,8 @@ def started_generation() -> concurrent.futures.Future[None] | None:
 
 
 GENERATE_REPLY = "llm_app.jobs.generate_reply"
+# The longest RQ's bookkeeping of a job waits for its generation to have asked the LLM.
+ASKED_WAIT_SECONDS = 2.0
 # At most this many more jobs are taken in one wake-up (bounded by the free slots too).
 PREFETCH_MAX = 16
 
@@ -347,17 +349,23 @@ class GenerationWorker(SimpleWorker):
         bookkeeping for the job (in the job's thread), so the LLM is asked without waiting
         for it; the job then waits for that coroutine."""
         generation = None
+        asked = threading.Event()
         if job.func_name == GENERATE_REPLY and self._loop is not None:
             from llm_app.generation import run_generation
 
-            generation = asyncio.run_coroutine_threadsafe(run_generation(*job.args), self._loop)
+            generation = asyncio.run_coroutine_threadsafe(
+                run_generation(*job.args, on_asked=asked.set), self._loop
+            )
+            generation.add_done_callback(lambda _: asked.set())
+        else:
+            asked.set()
         token, self._held = self._held, None
         # A shallow copy gives the thread its own per-job bookkeeping (execution, current job)
         # while it shares this worker's connection, queues and registries.
         runner = copy.copy(self)
         thread = threading.Thread(
             target=self._run,
-            args=(runner, job, queue, token, generation),
+            args=(runner, job, queue, token, generation, asked),
             name=f"job-{job.id}",
             daemon=True,
         )
@@ -374,11 +382,15 @@ class GenerationWorker(SimpleWorker):
         queue: Any,
         token: str | None,
         generation: concurrent.futures.Future[None] | None,
+        asked: threading.Event,
     ) -> None:
         # The job's coroutine runs on this worker's loop (jobs.generate_reply looks it up).
         _job_thread.loop = self._loop
         _job_thread.generation = generation
         try:
+            # RQ's bookkeeping (about 2 ms of CPU a job) waits until the LLM has been asked, so
+            # in a burst every request goes out before the bookkeeping of any job competes.
+            asked.wait(timeout=ASKED_WAIT_SECONDS)
             runner.prepare_execution(job)
             runner.perform_job(job, queue)
         except Exception:
