@@ -8,10 +8,11 @@ delivered it), then replays those very bytes, in process and with no network, th
   pydantic ChatCompletionChunk per event) or by `aiter_bytes()` and ChatStreamParser, both
   turning it into the provider's StreamChunks as llm_app.providers.openai_compatible does;
 - parser alone: ChatStreamParser.feed over the recorded pieces, without httpx;
-- whole call: the SDK's `chat.completions.create(stream=True)` as the provider made it before,
-  against OpenAICompatibleProvider.stream(), both through an httpx.MockTransport answering
-  the recorded body: request building (the SDK's transform of `messages`, the JSON body),
-  httpx, parsing; with a short prompt and with a long one.
+- whole call: the SDK's `chat.completions.create(stream=True)` (httpx) as the provider made it
+  before, against OpenAICompatibleProvider.stream() (aiohttp), both over real HTTP to a fake
+  LLM in a process of its own (32 tokens, no delays), so only the client's CPU is counted:
+  request building (the SDK's transform of `messages`, the JSON body), the HTTP client,
+  parsing; with a short prompt and with a long one.
 
 CPU is `time.process_time()` over `--reps` streams per round; each figure is the median of
 `--rounds` rounds. Both paths must give the same chunks, or the script stops.
@@ -21,9 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, cast
 
 import httpx
@@ -32,7 +37,11 @@ from openai.types.chat import ChatCompletionChunk
 
 from fake_llm import FakeLLMServer, Script
 from llm_app.providers.base import ChatRequest, StreamChunk
-from llm_app.providers.openai_compatible import OpenAICompatibleProvider, request_options
+from llm_app.providers.openai_compatible import (
+    OpenAICompatibleProvider,
+    coalesce,
+    request_options,
+)
 from llm_app.providers.openai_stream import ChatStreamParser
 
 BASE_URL = "http://bench.invalid/v1"
@@ -122,14 +131,6 @@ def parse_alone(pieces: list[bytes]) -> list[StreamChunk]:
     return out + parser.finish()
 
 
-def mock_transport(pieces: list[bytes]) -> httpx.MockTransport:
-    async def answer(request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        return httpx.Response(200, headers=SSE_HEADERS, stream=Replay(pieces))
-
-    return httpx.MockTransport(answer)
-
-
 async def call_sdk(client: openai.AsyncOpenAI, request: ChatRequest) -> list[StreamChunk]:
     stream = await client.chat.completions.create(
         model=request.model,
@@ -183,31 +184,60 @@ async def cpu(run: Callable[[], Awaitable[Any]], reps: int, rounds: int) -> floa
     return statistics.median(results)
 
 
+@contextlib.contextmanager
+def fake_llm_process(tokens: int) -> Iterator[str]:
+    """A fake LLM in a process of its own (its CPU is not this process's); its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "fake_llm", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--tokens", str(tokens), "--first-token-ms", "0", "--interval-ms", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 async def main(args: argparse.Namespace) -> None:
     pieces = record_body(args.tokens)
     expected = parse_alone(pieces)
     # The events of the body: role chunk, tokens, finish chunk, usage chunk (not [DONE]).
     events = sum(piece.count(b"\n\n") for piece in pieces) - 1
-    transport = mock_transport(pieces)
-    sdk = openai.AsyncOpenAI(
-        base_url=BASE_URL,
-        api_key="k",
-        max_retries=0,
-        http_client=httpx.AsyncClient(transport=transport),
-    )
-    lean = OpenAICompatibleProvider(base_url=BASE_URL, api_key="k", timeout=60)
-    headers = lean._client.headers
-    await lean.aclose()
-    lean._client = httpx.AsyncClient(transport=transport, headers=headers)
+    with fake_llm_process(args.tokens) as base_url:
+        await compare(args, pieces, expected, events, base_url)
+
+
+async def compare(
+    args: argparse.Namespace,
+    pieces: list[bytes],
+    expected: list[StreamChunk],
+    events: int,
+    base_url: str,
+) -> None:
+    sdk = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
+    lean = OpenAICompatibleProvider(base_url=base_url, api_key="k", timeout=60)
     short = request_for(prompt(3, 200))
     long = request_for(prompt(args.long_messages, 600))
     long_kib = sum(len(m["content"]) for m in long.messages) / 1024
 
-    # Same chunks both ways, or the comparison means nothing.
+    # Same chunks both ways (text joined as the reads fell), or the comparison means nothing.
     assert await parse_sdk(sdk, pieces) == expected
     assert await parse_lean(pieces) == expected
     for request in (short, long):
-        assert await call_sdk(sdk, request) == await call_lean(lean, request) == expected
+        theirs = coalesce(await call_sdk(sdk, request))
+        assert theirs == coalesce(await call_lean(lean, request))
+        assert "".join(c.text for c in theirs) == "".join(c.text for c in expected)
 
     reps, rounds = args.reps, args.rounds
     long_reps = max(10, reps // 10)
@@ -229,13 +259,14 @@ async def main(args: argparse.Namespace) -> None:
             events,
         ),
         (
-            "whole call, short prompt (3 messages)",
+            "whole call over HTTP, short prompt (3 messages)",
             await cpu(lambda: call_sdk(sdk, short), reps, rounds),
             await cpu(lambda: call_lean(lean, short), reps, rounds),
             events,
         ),
         (
-            f"whole call, long prompt ({len(long.messages)} messages, {long_kib:.0f} KiB)",
+            f"whole call over HTTP, long prompt ({len(long.messages)} messages,"
+            f" {long_kib:.0f} KiB)",
             await cpu(lambda: call_sdk(sdk, long), long_reps, rounds),
             await cpu(lambda: call_lean(lean, long), long_reps, rounds),
             events,

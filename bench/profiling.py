@@ -27,7 +27,7 @@ def py_spy() -> str | None:
 
 
 class Profiler:
-    def __init__(self, out_dir: Path, targets: dict[str, int], rate: int = 100) -> None:
+    def __init__(self, out_dir: Path, targets: dict[str, int], rate: int = 1000) -> None:
         self.out_dir = out_dir
         self.targets = targets
         self.rate = rate
@@ -55,6 +55,7 @@ class Profiler:
                     binary, "record",
                     "--pid", str(pid),
                     "--rate", str(self.rate),
+                    "--gil",
                     "--format", "raw",
                     "--nonblocking",
                     "--duration", "300",
@@ -88,6 +89,9 @@ class Profiler:
         }
 
 
+NO_FRAME = "(no Python frame: C code)"
+
+
 def _split(frame: str) -> tuple[str, str]:
     match = _FRAME.match(frame)
     if not match:
@@ -115,13 +119,16 @@ def summarize(paths: list[Path], top: int = 12) -> dict[str, Any]:
     for path in paths:
         for line in path.read_text(errors="replace").splitlines():
             stack, _, count_text = line.rpartition(" ")
-            if not stack or not count_text.isdigit():
+            if not count_text.isdigit():
                 continue
             count = int(count_text)
+            total += count
             frames = [f for f in stack.split(";") if f]
             if not frames:
+                # The GIL holder ran no Python frame: an event loop's C code, a C extension.
+                by_area[NO_FRAME] += count
+                by_leaf[NO_FRAME] += count
                 continue
-            total += count
             func, file = _split(frames[-1])
             by_area[_area(file)] += count
             by_leaf[f"{func} ({file.rsplit('/', 1)[-1]})"] += count

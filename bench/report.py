@@ -556,8 +556,11 @@ def _profile(profiles: dict[str, Any] | None) -> list[str]:
     lines = [
         "### py-spy profiles (separate, unmeasured rounds of the same load)",
         "",
-        "Sampled at 100 Hz, non-idle threads only. Leaf = where the sampled thread was;"
-        " inclusive = share of samples with that project function on the stack.",
+        "Sampled at 1000 Hz, only the thread holding the GIL (py-spy --gil), so the samples"
+        " are CPU. A sample whose thread ran no Python frame (an event loop's own C code, such as"
+        " uvloop's, or a C extension) is counted as such. Leaf = where the"
+        " sampled thread was; inclusive = share of samples with that project function on the"
+        " stack.",
         "",
     ]
     for label, per_process in profiles.items():

@@ -241,8 +241,20 @@ async def stream_unless_cancelled(
         raise
     try:
         stop = asyncio.ensure_future(cancelled.wait())
+        # The start, if it is still being written: a reply that could not start (cancelled
+        # while queued) stops asking the LLM at once, not at its first token.
+        start = progress.ready
+        waiting: set[asyncio.Future[Any]] = {work, stop}
+        if start is not None and not start.done():
+            waiting.add(start)
         try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if start in done and not done & {work, stop}:
+                    waiting.discard(start)
+                    if start.exception() is None and start.result():
+                        continue  # started: stream on
+                break
         finally:
             for task in (work, stop):
                 if not task.done():
@@ -253,6 +265,8 @@ async def stream_unless_cancelled(
             return
         if stop.done() and not stop.cancelled():
             raise Cancelled
+        if work.cancelled() and start is not None:
+            await progress.wait_ready()  # raises NotStarted, or why it could not start
         work.result()
     finally:
         watcher.unwatch(stream_key)

@@ -1,10 +1,13 @@
 """OpenAI-compatible streaming chat: LM Studio, llama-server, vLLM, Ollama and OpenAI itself.
 
-The chat call is a plain httpx request with an orjson body, and the server-sent events are
+The chat call is a plain aiohttp request with an orjson body, and the server-sent events are
 parsed here (llm_app.providers.openai_stream), not by the openai SDK, whose SSE decoder and
 pydantic model per chunk, and whose recursive transform of `messages` per request, were most
 of the worker's CPU per token (bench/parse_micro.py compares the two). The body sent, the
 chunks yielded and the errors raised are the SDK path's; the SDK is not imported here.
+aiohttp rather than httpx: with its C HTTP parser and no per-read cancel scopes it costs less
+than half the CPU per streamed reply, and its pool does not scan every connection per request
+(both measured, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from llm_app.providers.base import ChatRequest, ProviderError, StreamChunk
@@ -23,8 +26,8 @@ from llm_app.providers.openai_stream import ChatStreamParser
 OPENAI_MAX_STOP = 4
 # The openai SDK's default base URL, used when neither the settings nor OPENAI_BASE_URL give one.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-# The openai SDK's connection pool; the provider is kept per event loop (providers/__init__.py).
-CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+# As the openai SDK's connection pool; the provider is kept per event loop (providers/__init__.py).
+MAX_CONNECTIONS = 1000
 # How much of an error response is read (into the ProviderError's __cause__, for debugging).
 ERROR_BODY_LIMIT = 64 * 1024
 # How much is read after `data: [DONE]` so that the connection goes back to the pool: the end
@@ -85,15 +88,15 @@ def _status_error(status: int) -> ProviderError:
     return ProviderError("llm_error", f"The LLM answered HTTP {status}.", retryable=status >= 500)
 
 
-async def _error_body(response: httpx.Response) -> bytes:
+async def _error_body(response: aiohttp.ClientResponse) -> bytes:
     """The start of an error answer; whatever could be read if reading it fails."""
     body = b""
     try:
-        async for data in response.aiter_bytes():
+        async for data in response.content.iter_any():
             body += data
             if len(body) >= ERROR_BODY_LIMIT:
                 break
-    except (httpx.HTTPError, ValueError):
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         pass
     return body[:ERROR_BODY_LIMIT]
 
@@ -151,17 +154,27 @@ class OpenAICompatibleProvider:
             value = os.environ.get(variable)
             if value:
                 headers[header] = value
-        # One pool per provider (kept per event loop): connections are reused across replies.
+        self._headers = headers
         # The read timeout bounds the wait for every chunk, so a stalled stream fails too.
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=CONNECTION_LIMITS,
-            follow_redirects=True,
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=min(timeout, 10.0), sock_read=timeout
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # One pool per provider (kept per event loop): connections are reused across replies.
+        # Made on first use, inside the loop it belongs to.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         try:
@@ -170,44 +183,54 @@ class OpenAICompatibleProvider:
             # Text that is not UTF-8 (a lone surrogate): the SDK's json encoding failed with a
             # ValueError, which was reported as a bad stream too.
             raise _bad_stream() from exc
-        client = self._client
         try:
-            response = await client.send(
-                client.build_request("POST", self._url, content=content), stream=True
-            )
-        except httpx.TimeoutException as exc:
+            response = await self._client().post(self._url, data=content)
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors
             raise ProviderError("llm_timeout", "The LLM did not answer in time.") from exc
-        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
             # As the SDK's APIConnectionError: no answer at all (refused, reset, bad URL, ...).
             raise ProviderError(
                 "llm_unavailable", "The LLM server cannot be reached.", retryable=True
             ) from exc
         parser = ChatStreamParser()
+        complete = False
         try:
-            if not response.is_success:
-                status = response.status_code
+            if response.status >= 400:
+                status = response.status
                 raise _status_error(status) from LLMHTTPStatus(status, await _error_body(response))
             drained = 0
-            async for data in response.aiter_bytes():
+            async for data in response.content.iter_any():
                 if parser.done:
                     # Read to the end so that the connection can be reused, within reason.
                     drained += len(data)
                     if drained > DRAIN_LIMIT:
                         break
                     continue
-                for chunk in coalesce(parser.feed(data)):
+                try:
+                    chunks = parser.feed(data)
+                except ValueError as exc:
+                    # What arrived before the bad event, in the same read, still goes out.
+                    for chunk in coalesce(getattr(exc, "parsed", [])):
+                        yield chunk
+                    raise
+                for chunk in coalesce(chunks):
                     yield chunk
+            else:
+                complete = True
             for chunk in parser.finish():
                 yield chunk
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             if not parser.done:
                 raise ProviderError("llm_timeout", "The LLM did not answer in time.") from exc
-        except (httpx.HTTPError, ValueError) as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             # A malformed SSE line or a connection cut mid-body. After [DONE] the reply is
             # complete whatever happens to the rest of the body.
             if not parser.done:
                 raise _bad_stream() from exc
         finally:
-            # Also on cancel or when the consumer stops early: closing the response (and so
-            # the connection) stops the LLM generating for nobody.
-            await response.aclose()
+            if complete:
+                response.release()  # read to its end: the connection goes back to the pool
+            else:
+                # Also on cancel or when the consumer stops early: closing the connection
+                # stops the LLM generating for nobody.
+                response.close()

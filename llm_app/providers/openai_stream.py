@@ -112,7 +112,12 @@ class ChatStreamParser:
                     payload = data[0] if len(data) == 1 else b"\n".join(data)
                     data.clear()
                     event, self._event = self._event, b""
-                    self._dispatch(payload, event, out)
+                    try:
+                        self._dispatch(payload, event, out)
+                    except ValueError as exc:
+                        # The events before it in this read stand: the caller yields them.
+                        exc.parsed = out  # type: ignore[attr-defined]
+                        raise
                     if self.done:
                         break
                 else:
