@@ -50,7 +50,8 @@ async def test_message_send_streams_deltas_that_join_to_the_saved_reply(
     assert frames[-1]["message"]["content"] == REPLY
     assert saved.status == "completed"
     assert saved.finish_reason == "stop"
-    assert saved.completion_tokens == len(deltas)
+    # The LLM's own count; a delta may hold several of its pieces.
+    assert saved.completion_tokens == len(Script.from_text(REPLY).tokens) >= len(deltas)
     assert saved.prompt_tokens and saved.prompt_tokens > 0
     assert saved.ttft_ms is not None and saved.total_ms is not None
     assert saved.total_ms >= saved.ttft_ms
