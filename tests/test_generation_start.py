@@ -26,7 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def test_a_reply_cancelled_after_the_llm_was_asked_is_not_started(
     conversation, user, fake_llm
 ):
-    fake_llm.push(Script.numbered(20, first_token_delay=0.3))
+    fake_llm.push(Script.numbered(20, first_token_delay=2.0))
     # The fake LLM serves the whole test session; earlier tests may leave requests open.
     open_before = fake_llm.active_requests
     result = await sync_to_async(message_send)(conversation=conversation, author=user, content="q")
@@ -49,8 +49,8 @@ async def test_a_reply_cancelled_after_the_llm_was_asked_is_not_started(
     began = time.monotonic()
     try:
         await run_generation(result.generation_id, reply.stream_key.hex, on_asked=asked)
-        # It stopped asking as soon as the start failed, not at the first token (0.3 s).
-        assert time.monotonic() - began < 0.25
+        # It stopped asking as soon as the start failed, not at the first token (2 s).
+        assert time.monotonic() - began < 1.5
     finally:
         await close_providers()
         await sync_to_async(connections.close_all)()
@@ -87,5 +87,5 @@ async def test_an_instant_first_token_still_comes_after_generation_started(
     assert "".join(d["text"] for d in deltas_of(frames)) == "token1 token2 token3 token4 token5"
     generation = await Generation.objects.select_related("message").aget(pk=generation_id)
     assert generation.message.status == "completed" and generation.attempt == 1
-    assert generation.started_at is not None
+    assert generation.started_at is not None and generation.first_token_at is not None
     assert generation.started_at <= generation.first_token_at

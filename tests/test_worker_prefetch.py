@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import django_rq
 import pytest
@@ -25,7 +25,18 @@ def _queue(user: Any, character: Any, count: int) -> list[str]:
 
 def _slots(worker: GenerationWorker) -> int:
     assert worker._global is not None
-    return int(sync_redis().zcard(worker._global.key))
+    return int(cast(int, sync_redis().zcard(worker._global.key)))
+
+
+def _intermediate(queue: Any) -> list[str]:
+    items = cast(list[bytes], sync_redis().lrange(queue.intermediate_queue.key, 0, -1))
+    return [i.decode() for i in items]
+
+
+def _worker() -> GenerationWorker:
+    worker = django_rq.get_worker("llm")
+    assert isinstance(worker, GenerationWorker)
+    return worker
 
 
 def test_a_wake_up_takes_the_waiting_jobs_it_has_slots_for_and_gives_them_back_on_stop(
@@ -34,8 +45,7 @@ def test_a_wake_up_takes_the_waiting_jobs_it_has_slots_for_and_gives_them_back_o
     settings.MAX_CONCURRENT_REQUESTS = 4
     settings.MAX_CONCURRENT_LLM_REQUESTS = 100
     job_ids = _queue(user, character, 6)
-    worker = django_rq.get_worker("llm")
-    assert isinstance(worker, GenerationWorker)
+    worker = _worker()
     queue = django_rq.get_queue("llm")
 
     job, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
@@ -44,8 +54,7 @@ def test_a_wake_up_takes_the_waiting_jobs_it_has_slots_for_and_gives_them_back_o
     assert [j.id for j, _, _ in worker._prefetched] == job_ids[1:4]
     assert queue.get_job_ids() == job_ids[4:]
     assert _slots(worker) == 4
-    intermediate = sync_redis().lrange(queue.intermediate_queue.key, 0, -1)
-    assert [i.decode() for i in intermediate] == job_ids[:4]
+    assert _intermediate(queue) == job_ids[:4]
 
     # The next dequeues are served from what was taken, without Redis.
     second, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
@@ -56,15 +65,14 @@ def test_a_wake_up_takes_the_waiting_jobs_it_has_slots_for_and_gives_them_back_o
     worker._return_prefetched()
     assert queue.get_job_ids() == [*job_ids[2:4], *job_ids[4:]]
     assert _slots(worker) == 2  # the two handed out
-    intermediate = sync_redis().lrange(queue.intermediate_queue.key, 0, -1)
-    assert [i.decode() for i in intermediate] == job_ids[:2]
+    assert _intermediate(queue) == job_ids[:2]
 
 
 def test_a_wake_up_takes_no_more_than_the_global_cap_allows(user, character, settings):
     settings.MAX_CONCURRENT_REQUESTS = 8
     settings.MAX_CONCURRENT_LLM_REQUESTS = 3
     job_ids = _queue(user, character, 6)
-    worker = django_rq.get_worker("llm")
+    worker = _worker()
     queue = django_rq.get_queue("llm")
     worker.dequeue_job_and_maintain_ttl(timeout=1)
     assert [j.id for j, _, _ in worker._prefetched] == job_ids[1:3]
