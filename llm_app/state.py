@@ -146,11 +146,6 @@ def generation_start_many(items: list[tuple[Generation, datetime]]) -> set[int]:
     return started
 
 
-def generation_start(generation: Generation, now: datetime | None = None) -> bool:
-    """Move the reply from queued to streaming; False if it is no longer queued."""
-    return bool(generation_start_many([(generation, now or timezone.now())]))
-
-
 def generation_save_partial(message_id: int, text: str, seq: int) -> None:
     """Save the text streamed so far (only while the reply is still streaming)."""
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(

@@ -279,7 +279,12 @@ class GenerationWorker(SimpleWorker):
         """After a wake-up: take the jobs already waiting in `queue` too, as many as there are
         free local and global slots, in two round trips (the moves, the job hashes) instead of
         a dequeue each. They go to RQ's intermediate queue, as a dequeue moves them, so a
-        worker that dies with them is covered by RQ's maintenance; they run at once."""
+        worker that dies with them is covered by RQ's maintenance; they run at once.
+
+        Only for a worker of one queue: RQ itself uses (and empties) the intermediate queue
+        only then."""
+        if len(self.queues) != 1:
+            return
         local = 0
         while local < PREFETCH_MAX and self._local.acquire(blocking=False):
             local += 1

@@ -80,3 +80,15 @@ def test_a_wake_up_takes_no_more_than_the_global_cap_allows(user, character, set
     assert _slots(worker) == 3
     worker._return_prefetched()
     assert _slots(worker) == 1
+
+
+def test_a_worker_of_several_queues_takes_one_job_at_a_time(user, character, settings):
+    # RQ keeps its intermediate queue only for a worker of one queue; so does the prefetch.
+    settings.MAX_CONCURRENT_REQUESTS = 8
+    job_ids = _queue(user, character, 3)
+    worker = django_rq.get_worker("llm", "default")
+    assert isinstance(worker, GenerationWorker)
+    job, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert job.id == job_ids[0]
+    assert not worker._prefetched
+    assert django_rq.get_queue("llm").get_job_ids() == job_ids[1:]
