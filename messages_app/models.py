@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -38,6 +39,16 @@ class Character(models.Model):
         blank=True,
     )
     is_public = models.BooleanField(default=False)
+
+    class Approval(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    # Others see a public character only once a moderator approved it (its owner always does).
+    approval = models.CharField(
+        max_length=16, choices=Approval.choices, default=Approval.PENDING, db_index=True
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -127,6 +138,8 @@ class Message(models.Model):
     stream_key = models.UUIDField(default=uuid.uuid4, editable=False)
     safety_flagged = models.BooleanField(default=False)
     safety_categories = models.JSONField(default=list, blank=True)
+    # Category -> score (0..1) of the check that flagged or blocked it; {} when none did.
+    safety_scores = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -191,3 +204,211 @@ class DeletedAccount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject_sha256[:12]}… deleted {self.deleted_at:%Y-%m-%d %H:%M:%S}"
+
+
+# --- Trust and safety -------------------------------------------------------------------------
+
+
+class ReviewItem(models.Model):
+    """A message in the moderators' queue: flagged or blocked by a safety check, or reported.
+
+    One per message. `content` is a snapshot, so the evidence outlives a deleted conversation.
+    """
+
+    class Source(models.TextChoices):
+        INPUT = "input", "Input check"
+        OUTPUT = "output", "Output check"
+        REPORT = "report", "User report"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        CONFIRMED = "confirmed"
+        WARNED = "warned"
+        BANNED = "banned"
+
+    message = models.OneToOneField(
+        Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="review"
+    )
+    source = models.CharField(max_length=16, choices=Source.choices)
+    state = models.CharField(
+        max_length=16, choices=State.choices, default=State.PENDING, db_index=True
+    )
+    # Whose content it is: the author of a user message, the conversation's owner for a reply.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="review_items",
+    )
+    character = models.ForeignKey(
+        Character, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    role = models.CharField(max_length=16, choices=Message.Role.choices)
+    content = models.TextField(blank=True)
+    blocked = models.BooleanField(default=False, help_text="The message was withheld.")
+    categories = models.JSONField(default=list, blank=True)
+    scores = models.JSONField(default=dict, blank=True)
+    max_score = models.FloatField(default=0.0, db_index=True)
+    reports = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "-created_at"], name="review_state_created")]
+
+    def __str__(self) -> str:
+        return f"{self.source} review of message {self.message_id} ({self.state})"
+
+
+class Report(models.Model):
+    """A user's report of a message they can see: one per user and message."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reports"
+    )
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["message", "reporter"], name="report_one_per_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"report of #{self.message_id} by {self.reporter_id}"
+
+
+class ModerationDecision(models.Model):
+    """The audit trail: every moderation decision, by a moderator or by the service itself
+    (`actor` empty). Append-only: a saved decision is never changed or deleted."""
+
+    class Action(models.TextChoices):
+        APPROVE = "approve"
+        CONFIRM = "confirm"
+        WARN = "warn"
+        BAN = "ban"
+        AUTO_BAN = "auto_ban", "Automatic ban"
+        UNBAN = "unban"
+        APPROVE_CHARACTER = "approve_character"
+        REJECT_CHARACTER = "reject_character"
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Empty: the service decided (an automatic ban).",
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=32, choices=Action.choices)
+    subject = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="moderation_decisions",
+    )
+    subject_name = models.CharField(max_length=150, blank=True)
+    review_item = models.ForeignKey(
+        ReviewItem, on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions"
+    )
+    # Plain ids: the record stays readable after the message or character is deleted.
+    message_id_seen = models.BigIntegerField(null=True, blank=True)
+    character = models.ForeignKey(
+        Character, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    categories = models.JSONField(default=list, blank=True)
+    scores = models.JSONField(default=dict, blank=True)
+    violation_score = models.FloatField(null=True, blank=True, help_text="After the decision.")
+    banned_until = models.DateTimeField(null=True, blank=True)
+    ban_permanent = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        who = self.actor_name or "service"
+        return f"{self.action} by {who} on {self.subject_name or self.character_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ValueError("Moderation decisions are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Moderation decisions are append-only.")
+
+
+class UserStanding(models.Model):
+    """A user's record: confirmed violations and the current ban, if any."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="standing",
+    )
+    violation_score = models.FloatField(default=0.0)
+    warnings = models.PositiveIntegerField(default=0)
+    banned_until = models.DateTimeField(null=True, blank=True)
+    ban_permanent = models.BooleanField(default=False)
+    ban_reason = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"standing of {self.user_id}"
+
+
+class LimitOverride(models.Model):
+    """Rate limits and quotas for one user or one group, instead of the settings' defaults.
+
+    Empty fields keep the default; 0 means unlimited. A user's override wins over a group's;
+    of several groups, the most generous value of each limit wins.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="limit_override",
+    )
+    group = models.OneToOneField(
+        "auth.Group", on_delete=models.CASCADE, null=True, blank=True, related_name="limit_override"
+    )
+    per_minute = models.PositiveIntegerField(null=True, blank=True)
+    per_hour = models.PositiveIntegerField(null=True, blank=True)
+    per_day = models.PositiveIntegerField(null=True, blank=True)
+    in_flight = models.PositiveIntegerField(null=True, blank=True)
+    daily_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(group__isnull=True))
+                | (Q(user__isnull=True) & Q(group__isnull=False)),
+                name="limit_override_user_xor_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        if self.user_id:
+            return f"limits for user {self.user_id}"
+        return f"limits for group {self.group_id}"

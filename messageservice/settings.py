@@ -168,11 +168,57 @@ LLM_FALLBACK_PROVIDERS: list[str] = env.list("LLM_FALLBACK_PROVIDERS", default=[
 
 # --- Messages ------------------------------------------------------------------------------
 MAX_MESSAGE_CHARS: int = env.int("MAX_MESSAGE_CHARS", default=8000)
+# --- Rate limits and quotas (messages_app.limits: one Lua script, exact under concurrency) ---
+# Per user; 0 = unlimited. Sends, edits and regenerations all count. Overrides per user or
+# group are set in the admin (LimitOverride).
+ENABLE_RATE_LIMITS: bool = env.bool("ENABLE_RATE_LIMITS", default=True)
 MAX_MESSAGES_PER_MINUTE: int = env.int("MAX_MESSAGES_PER_MINUTE", default=1000)
 MAX_MESSAGES_PER_HOUR: int = env.int("MAX_MESSAGES_PER_HOUR", default=10000)
 MAX_MESSAGES_PER_DAY: int = env.int("MAX_MESSAGES_PER_DAY", default=100000)
+# Replies of one user queued or streaming at once.
+MAX_REPLIES_IN_FLIGHT: int = env.int("MAX_REPLIES_IN_FLIGHT", default=5)
+# Prompt plus completion tokens per user per UTC day.
+DAILY_TOKEN_QUOTA: int = env.int("DAILY_TOKEN_QUOTA", default=1_000_000)
+# Wrong passwords before a username or a client address is refused for LOGIN_COOLOFF_SECONDS.
+LOGIN_FAILURE_LIMIT: int = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_COOLOFF_SECONDS: int = env.int("LOGIN_COOLOFF_SECONDS", default=900)
+# What a user who is not staff may put a character on ("" = the service default).
+CHARACTER_ALLOWED_PROVIDERS: list[str] = env.list(
+    "CHARACTER_ALLOWED_PROVIDERS", default=["", "lmstudio", "openai_compatible"]
+)
+CHARACTER_ALLOWED_MODELS: list[str] = env.list(
+    "CHARACTER_ALLOWED_MODELS", default=["", DEFAULT_MODEL]
+)
+
+# --- Content safety (messages_app.safety; the classifier runs in the safety worker) ---------
 ENABLE_CONTENT_FILTERING: bool = env.bool("ENABLE_CONTENT_FILTERING", default=True)
+# Scores run 0..1; a category at or over its threshold flags the text.
 SAFETY_THRESHOLD: float = env.float("SAFETY_THRESHOLD", default=0.7)
+# Per category, JSON: {"harassment": 0.8, "sexual/minors": 0.2}.
+SAFETY_CATEGORY_THRESHOLDS: dict[str, float] = env.json("SAFETY_CATEGORY_THRESHOLDS", default={})
+# local (offline classifier), openai (moderation endpoint), llama_guard (Llama Guard 3 on an
+# OpenAI-compatible server).
+SAFETY_BACKEND: str = env.str("SAFETY_BACKEND", default="local")
+# A user message over the threshold: block (422, kept for review, no reply) or flag (sent on,
+# queued for review).
+SAFETY_INPUT_ACTION: str = env.str("SAFETY_INPUT_ACTION", default="block")
+# A streaming reply is checked at sentence ends and at least every this many deltas.
+SAFETY_OUTPUT_CHECK_TOKENS: int = env.int("SAFETY_OUTPUT_CHECK_TOKENS", default=32)
+# How long a check may take; past it, or with the safety worker unreachable, an input check
+# follows SAFETY_ON_ERROR: reject (503 safety_unavailable, nothing saved) or allow.
+SAFETY_TIMEOUT_SECONDS: float = env.float("SAFETY_TIMEOUT_SECONDS", default=2.0)
+SAFETY_ON_ERROR: str = env.str("SAFETY_ON_ERROR", default="reject")
+# openai backend: OPENAI_API_KEY, this base URL ("" = the SDK's) and model.
+SAFETY_OPENAI_BASE_URL: str = env.str("SAFETY_OPENAI_BASE_URL", default="")
+SAFETY_OPENAI_MODEL: str = env.str("SAFETY_OPENAI_MODEL", default="omni-moderation-latest")
+# llama_guard backend: an OpenAI-compatible server that serves Llama Guard 3.
+SAFETY_LLAMA_GUARD_URL: str = env.str("SAFETY_LLAMA_GUARD_URL", default="http://127.0.0.1:8007/v1")
+SAFETY_LLAMA_GUARD_MODEL: str = env.str("SAFETY_LLAMA_GUARD_MODEL", default="llama-guard-3-1b")
+SAFETY_LLAMA_GUARD_API_KEY: str = env.str("SAFETY_LLAMA_GUARD_API_KEY", default="not-needed")
+# Confirmed violations add to a user's score; at each threshold the user is banned for the
+# time given (s, m, h, d, or "forever"): "3=1d,6=7d,10=forever".
+VIOLATION_BAN_THRESHOLDS: str = env.str("VIOLATION_BAN_THRESHOLDS", default="3=1d,6=7d,10=forever")
+
 BATCH_SIZE_FOR_ANALYTICS: int = env.int("BATCH_SIZE_FOR_ANALYTICS", default=100)
 WS_TICKET_TTL_SECONDS: int = env.int("WS_TICKET_TTL_SECONDS", default=30)
 
