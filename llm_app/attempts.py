@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from llm_app.cancel import cancel_watcher
 from llm_app.models import Generation
+from llm_app.output_safety import Blocked, OutputMonitor
 from llm_app.prompts import Prompt
 from llm_app.providers import ChatRequest, ProviderError, provider_for
 from messages_app import events
@@ -49,6 +50,8 @@ class Progress:
     # The generation's start (database + `generation.started`), which runs while the LLM is
     # asked: nothing of this generation reaches the clients before it is done.
     ready: asyncio.Future[bool] | None = None
+    # The live content checks (None when content filtering is off).
+    monitor: OutputMonitor | None = None
 
     @property
     def text(self) -> str:
@@ -141,6 +144,7 @@ async def stream_once(
     every = settings.PARTIAL_SAVE_EVERY_TOKENS or None
     # Made once per stream: the token loop below is the hottest path of the service.
     publisher = DeltaPublisher(message, generation_id=generation.pk)
+    monitor = progress.monitor
     iterator = provider.stream(request).__aiter__()
     try:
         chunk = await first_chunk(iterator, generation, progress)
@@ -158,6 +162,8 @@ async def stream_once(
                 progress.seq += 1
                 progress.parts.append(text)
                 await publisher.publish(progress.seq, text)
+                if monitor is not None:
+                    monitor.after_delta(progress.seq, text, progress.parts)
                 now = time.monotonic()
                 due = now - progress.saved_at >= interval
                 if due or (every and progress.seq - progress.saved_seq >= every):
@@ -223,7 +229,8 @@ async def stream_unless_cancelled(
     asked: Callable[[], None] = lambda: None,
 ) -> None:
     """stream_with_fallback, stopped (and the provider stream closed) by a cancel: raises
-    Cancelled then. `asked` is called once the stream has had its first turn on the loop
+    Cancelled then; or by a live content check that flags the reply: raises Blocked. Once
+    the stream has ended, the whole reply is checked (Blocked). `asked` is called once the stream has had its first turn on the loop
     (over a kept-alive connection, the request is then written)."""
     stream_key = generation.message.stream_key
     watcher = cancel_watcher()
@@ -239,34 +246,44 @@ async def stream_unless_cancelled(
         with contextlib.suppress(BaseException):
             await work
         raise
+    monitor = progress.monitor
     try:
         stop = asyncio.ensure_future(cancelled.wait())
+        stoppers: set[asyncio.Future[Any]] = {stop}
+        if monitor is not None:
+            stoppers.add(asyncio.ensure_future(monitor.tripped.wait()))
         # The start, if it is still being written: a reply that could not start (cancelled
         # while queued) stops asking the LLM at once, not at its first token.
         start = progress.ready
-        waiting: set[asyncio.Future[Any]] = {work, stop}
+        waiting: set[asyncio.Future[Any]] = {work, *stoppers}
         if start is not None and not start.done():
             waiting.add(start)
         try:
             while True:
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if start in done and not done & {work, stop}:
+                if start in done and not done & {work, *stoppers}:
                     waiting.discard(start)
                     if start.exception() is None and start.result():
                         continue  # started: stream on
                 break
         finally:
-            for task in (work, stop):
+            for task in (work, *stoppers):
                 if not task.done():
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
         if not work.cancelled() and work.exception() is None:
+            if monitor is not None:
+                await monitor.final(progress.seq, progress.parts)
             return
         if stop.done() and not stop.cancelled():
             raise Cancelled
+        if monitor is not None and monitor.verdict is not None:
+            raise Blocked(monitor.verdict)
         if work.cancelled() and start is not None:
             await progress.wait_ready()  # raises NotStarted, or why it could not start
         work.result()
     finally:
         watcher.unwatch(stream_key)
+        if monitor is not None:
+            await monitor.close()

@@ -25,6 +25,7 @@ from django.utils import timezone
 from llm_app.attempts import Cancelled, NotStarted, Progress, stream_unless_cancelled
 from llm_app.lease import renew_lease
 from llm_app.models import Generation
+from llm_app.output_safety import Blocked, OutputMonitor
 from llm_app.prompts import history_limit, prompt_build
 from llm_app.providers import ProviderError
 from llm_app.state import (
@@ -157,7 +158,7 @@ async def run_generation(
     if reply.status != Message.Status.QUEUED:
         logger.info("generation %s is not queued any more; skipped", generation_id)
         return
-    progress = Progress(saved_at=time.monotonic())
+    progress = Progress(saved_at=time.monotonic(), monitor=OutputMonitor.for_reply())
     # Resolved by the start (_begin), which runs once the LLM has been asked; no delta or
     # event of this generation reaches the clients before it.
     ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -183,6 +184,7 @@ async def _generate(
 ) -> None:
     reply = generation.message
     status, code, text = Message.Status.COMPLETED, "", ""
+    blocked_by = None
     try:
         async with asyncio.timeout(settings.MESSAGE_PROCESSING_TIMEOUT):
             prompt = await prompt_build(
@@ -208,6 +210,9 @@ async def _generate(
         pass
     except Cancelled:
         status = Message.Status.CANCELLED
+    except Blocked as exc:
+        status, code, blocked_by = Message.Status.BLOCKED, "content_blocked", exc.verdict
+        text = "The reply was stopped by the content filter."
     except ProviderError as exc:
         status, code, text = Message.Status.FAILED, exc.code, exc.message
     except TimeoutError:
@@ -233,5 +238,5 @@ async def _generate(
         logger.exception("generation %s could not start", generation.pk)
         status, code, text = Message.Status.FAILED, "internal_error", "The reply failed."
     await sync_to_async(generation_finish)(
-        generation, progress, status, error_code=code, error_message=text
+        generation, progress, status, error_code=code, error_message=text, verdict=blocked_by
     )

@@ -51,13 +51,18 @@ def history_limit(context_tokens: int) -> int:
 
 
 def history_read(*, conversation_id: int, reply: Message, limit: int) -> list[Turn]:
-    """The branch up to the reply's user turn, without failed or unfinished replies (sync)."""
+    """The branch up to the reply's user turn, without failed or unfinished replies, and
+    without anything the content filter blocked (sync)."""
     assert reply.parent_id is not None, "a reply always answers a message"
     return [
         m
         for m in branch_turns(conversation_id=conversation_id, leaf_id=reply.parent_id, limit=limit)
         if m.role in _HISTORY_ROLES
-        and (m.role == Message.Role.USER or m.status in _HISTORY_STATUSES)
+        and (
+            m.status in _HISTORY_STATUSES
+            if m.role != Message.Role.USER
+            else m.status != Message.Status.BLOCKED
+        )
     ]
 
 

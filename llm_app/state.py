@@ -19,7 +19,9 @@ from llm_app.prompts import history_read
 from llm_app.services import generation_requeue
 from messages_app import events
 from messages_app.broadcast import send_event
-from messages_app.models import Character, Conversation, Message
+from messages_app.models import Character, Conversation, Message, ReviewItem
+from messages_app.safety.categories import Verdict
+from messages_app.safety_flow import safety_record
 from messages_app.replies import ReplyEnd, reply_end
 from messages_app.selectors import Turn
 from messages_app.streams import log_read_sync
@@ -166,9 +168,12 @@ def generation_finish(
     *,
     error_code: str = "",
     error_message: str = "",
+    verdict: Verdict | None = None,
 ) -> Message | None:
     """End the reply as `status` with what `progress` holds. None if it had already ended (a
-    cancel or the reaper won) or its conversation was deleted."""
+    cancel or the reaper won) or its conversation was deleted. `verdict`: the content check
+    that blocked the reply; the reply goes to the moderators' queue, and the clients get
+    `safety.flagged` before the end event."""
     now = timezone.now()
     end = ReplyEnd(
         status=status,
@@ -211,6 +216,8 @@ def generation_finish(
                 "prompt_manifest",
             ]
         )
+        if verdict is not None:
+            safety_record(message, verdict, source=ReviewItem.Source.OUTPUT, blocked=True)
 
     return reply_end(message_id=generation.message_id, end=end, record=record)
 

@@ -60,6 +60,13 @@ class Unavailable(ServiceError):
     code = "unavailable"
 
 
+class ContentBlocked(ServiceError):
+    """The content filter blocked the user's message (details: categories, message_id)."""
+
+    status_code: int = status.HTTP_422_UNPROCESSABLE_ENTITY
+    code = "content_blocked"
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 

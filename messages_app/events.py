@@ -88,6 +88,12 @@ def generation_ended(message: Message, *, code: str = "", text: str = "") -> Eve
     }
 
 
+def safety_flagged(*, message_id: int, categories: list[str]) -> Event:
+    """A message crossed the safety threshold: a reply that was stopped (its end event
+    follows), or a user message that was flagged or blocked."""
+    return {"type": "safety.flagged", "message_id": message_id, "categories": categories}
+
+
 def conversation_deleted(*, conversation_id: int) -> Event:
     return {"type": "conversation.deleted", "conversation_id": conversation_id}
 

@@ -141,7 +141,11 @@ def _default_finish_reason(end: ReplyEnd) -> str:
 
 
 def _after_end(message: Message, end: ReplyEnd) -> None:
-    streams.log_seal(message.stream_key)
+    if message.status == Message.Status.BLOCKED:
+        # Its text is for the moderators: no resume may replay it.
+        streams.log_delete(message.stream_key)
+    else:
+        streams.log_seal(message.stream_key)
     send_event(
         message.conversation,
         events.generation_ended(message, code=end.error_code, text=end.error_message),

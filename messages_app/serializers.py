@@ -109,12 +109,14 @@ def message_data(message: Message, siblings: list[int] | None = None) -> dict[st
 
         siblings = siblings_of([message])[message.pk]
     generation = getattr(message, "generation", None) if message.role == "assistant" else None
+    # A reply the content filter blocked is kept for the moderators, never shown to users.
+    hidden = message.status == "blocked" and message.role == "assistant"
     return {
         "id": message.pk,
         "conversation_id": message.conversation_id,
         "parent_id": message.parent_id,
         "role": message.role,
-        "content": message.content,
+        "content": "" if hidden else message.content,
         "status": message.status,
         "created_at": _DATETIME.to_representation(message.created_at),
         "model": message.model,
@@ -134,7 +136,7 @@ def message_data(message: Message, siblings: list[int] | None = None) -> dict[st
         },
         "generation_id": generation.pk if generation is not None else None,
         "client_id": message.client_id,
-        "seq": message.stream_seq,
+        "seq": 0 if hidden else message.stream_seq,
         "siblings": {
             "ids": siblings,
             "position": siblings.index(message.pk) + 1,

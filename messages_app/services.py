@@ -13,9 +13,18 @@ from django.utils import timezone
 
 from messages_app import events
 from messages_app.broadcast import publish_in, send_event
-from messages_app.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
-from messages_app.models import Character, Conversation, Feedback, Message
+from messages_app.errors import (
+    Conflict,
+    ContentBlocked,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
+from messages_app.models import Character, Conversation, Feedback, Message, ReviewItem
 from messages_app.replies import ReplyEnd, reply_end, reply_engine
+from messages_app.safety.categories import Verdict
+from messages_app.safety_flow import input_blocks, input_check_start, input_verdict, safety_record
 from messages_app.selectors import branch_leaf_under, siblings_of
 from messageservice import rows
 from messageservice.redis_clients import sync_redis
@@ -92,6 +101,8 @@ def _existing_send(conversation: Conversation, client_id: str) -> SendResult | N
     ).first()
     if user_message is None:
         return None
+    if user_message.status == Message.Status.BLOCKED:
+        raise _blocked_error(user_message)
     assistant = (
         Message.objects.select_related("generation")
         .filter(parent=user_message, role=Message.Role.ASSISTANT)
@@ -100,6 +111,28 @@ def _existing_send(conversation: Conversation, client_id: str) -> SendResult | N
     )
     assert assistant is not None, "a user message is always saved with its reply"
     return SendResult(user_message, assistant, assistant.generation.pk, created=False)
+
+
+def _blocked_error(message: Message) -> ContentBlocked:
+    return ContentBlocked(
+        "The message was blocked by the content filter; it was not sent.",
+        details={"categories": list(message.safety_categories), "message_id": message.pk},
+    )
+
+
+def _block_input(conversation: Conversation, message: Message, verdict: Verdict) -> None:
+    """Inside the send's transaction: the content filter blocked the user's `message`. It is
+    kept, marked `blocked`, as the active leaf (it stays in the user's history; prompts skip
+    it), queued for the moderators and announced; no reply is generated."""
+    message.status = Message.Status.BLOCKED
+    Message.objects.filter(pk=message.pk).update(status=Message.Status.BLOCKED)
+    Conversation.objects.filter(pk=conversation.pk).update(
+        active_leaf=message, last_activity_at=timezone.now()
+    )
+    conversation.active_leaf = message
+    safety_record(message, verdict, source=ReviewItem.Source.INPUT, blocked=True)
+    created = events.message_created(message, siblings=None, client_id=message.client_id)
+    transaction.on_commit(lambda: send_event(conversation, created))
 
 
 def _lock_conversation(conversation: Conversation) -> Conversation:
@@ -169,9 +202,15 @@ def message_send(
     creates nothing (the unique index finds it: the common first send pays no lookup). If the
     queue cannot take the job, both messages are removed again and `Unavailable` is raised, so
     no message ever exists without a job behind it.
+
+    The content check of the text runs in the safety worker while the conversation is locked
+    and the message inserted; a blocked message is kept `blocked`, with no reply, and
+    ContentBlocked is raised after commit.
     """
     content = check_message_content(content)
     client_id = check_client_id(client_id)
+    check = input_check_start(content)
+    blocked: Message | None = None
     try:
         with transaction.atomic():
             locked, leaf_depth, leaf_has_children = _lock_for_send(conversation)
@@ -195,17 +234,29 @@ def message_send(
                 content=content,
                 client_id=client_id,
             )
-            # The new user message's siblings; its reply has none.
-            siblings = [user_message.pk] if alone else None
-            assistant, generation_id = _queue_reply(
-                locked, user_message, announce=[user_message], siblings=siblings
-            )
+            verdict = input_verdict(check)
+            if input_blocks(verdict):
+                assert verdict is not None
+                _block_input(locked, user_message, verdict)
+                blocked = user_message
+            else:
+                if verdict is not None and verdict.flagged:
+                    safety_record(
+                        user_message, verdict, source=ReviewItem.Source.INPUT, blocked=False
+                    )
+                # The new user message's siblings; its reply has none.
+                siblings = [user_message.pk] if alone else None
+                assistant, generation_id = _queue_reply(
+                    locked, user_message, announce=[user_message], siblings=siblings
+                )
     except IntegrityError:
         # A repeat of an earlier send (or a concurrent one that won the race): its result.
         if client_id and (existing := _existing_send(conversation, client_id)):
             return existing
         raise
     conversation.active_leaf_id = locked.active_leaf_id
+    if blocked is not None:
+        raise _blocked_error(blocked)
     return SendResult(user_message, assistant, generation_id, created=True)
 
 
@@ -304,6 +355,7 @@ def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
     if message.role != Message.Role.USER:
         raise InvalidInput("Only user messages can be edited.", code="not_a_user_message")
     content = check_message_content(content)
+    check = input_check_start(content)
     with transaction.atomic():
         conversation = _lock_conversation(message.conversation)
         edited = Message.objects.create(
@@ -314,7 +366,16 @@ def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
             author=author,
             content=content,
         )
-        assistant, generation_id = _queue_reply(conversation, edited, announce=[edited])
+        verdict = input_verdict(check)
+        if input_blocks(verdict):
+            assert verdict is not None
+            _block_input(conversation, edited, verdict)
+        else:
+            if verdict is not None and verdict.flagged:
+                safety_record(edited, verdict, source=ReviewItem.Source.INPUT, blocked=False)
+            assistant, generation_id = _queue_reply(conversation, edited, announce=[edited])
+    if edited.status == Message.Status.BLOCKED:
+        raise _blocked_error(edited)
     return SendResult(edited, assistant, generation_id, created=True)
 
 

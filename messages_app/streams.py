@@ -96,6 +96,12 @@ def log_seal(stream_key: UUID) -> None:
         sync_redis().expire(log_key(stream_key), settings.TOKEN_LOG_TTL_SECONDS)
 
 
+def log_delete(stream_key: UUID) -> None:
+    """The reply was blocked: its log goes at once (sync; best effort, it expires anyway)."""
+    with contextlib.suppress(redis.RedisError):
+        sync_redis().delete(log_key(stream_key))
+
+
 async def log_read_after(
     stream_key: UUID, after_seq: int, upto_seq: int | None = None
 ) -> list[tuple[int, str]] | None:

@@ -54,7 +54,10 @@
     reconnectTimer: null,
     pingTimer: null,
     needsResync: false,
-    stopped: false // true after a close that must not reconnect (4401/4404)
+    stopped: false, // true after a close that must not reconnect (4401/4403/4404)
+    limitedUntil: 0, // Date.now() until which sends are rate limited
+    limitTimer: null,
+    banned: null // the ban's details {until, permanent, reason} once the server says so
   };
 
   // --- helpers --------------------------------------------------------------------------------
@@ -154,8 +157,9 @@
     setTimeout(function () { node.remove(); }, 6000);
   }
 
-  function showBanner(message) {
+  function showBanner(message, kind) {
     el.banner.querySelector(".banner-text").textContent = message;
+    el.banner.setAttribute("data-kind", kind || "");
     el.banner.hidden = false;
   }
 
@@ -185,8 +189,61 @@
   }
 
   function updateComposer() {
-    el.composer.disabled = !state.current;
-    el.send.disabled = !(state.current && socketOpen());
+    el.composer.disabled = !state.current || !!state.banned;
+    el.send.disabled = !(state.current && socketOpen()) || !!state.banned ||
+      Date.now() < state.limitedUntil;
+  }
+
+  // --- limits and bans, in plain words ----------------------------------------------------------
+
+  var LIMIT_WORDS = {
+    minute: "messages per minute",
+    hour: "messages per hour",
+    day: "messages per day",
+    in_flight: "replies at once",
+    tokens: "daily token allowance"
+  };
+
+  function waitText(seconds) {
+    seconds = Math.max(1, Math.ceil(seconds));
+    if (seconds < 120) return seconds + " s";
+    if (seconds < 7200) return Math.ceil(seconds / 60) + " min";
+    return Math.ceil(seconds / 3600) + " h";
+  }
+
+  // A send was refused by a rate limit: say which, and count down until it lifts.
+  function rateLimited(limit, retryAfter) {
+    var what = LIMIT_WORDS[limit] || "sending limit";
+    state.limitedUntil = Date.now() + Math.max(1, retryAfter || 1) * 1000;
+    if (state.limitTimer) clearInterval(state.limitTimer);
+    function tick() {
+      var left = (state.limitedUntil - Date.now()) / 1000;
+      if (left <= 0) {
+        clearInterval(state.limitTimer);
+        state.limitTimer = null;
+        hideBanner();
+        updateComposer();
+        return;
+      }
+      showBanner("You have reached your limit of " + what + ". You can send again in " +
+        waitText(left) + ".", "rate-limited");
+    }
+    tick();
+    state.limitTimer = setInterval(tick, 1000);
+    updateComposer();
+  }
+
+  // The account is suspended: say until when and why; nothing can be sent meanwhile.
+  function banned(details) {
+    details = details || {};
+    state.banned = details;
+    state.stopped = true;
+    var when = details.permanent || !details.until
+      ? "permanently"
+      : "until " + new Date(details.until).toLocaleString();
+    var why = details.reason ? " Reason: " + details.reason : "";
+    showBanner("Your account is suspended " + when + "." + why, "banned");
+    setStatus("closed", "Suspended");
   }
 
   // --- characters -----------------------------------------------------------------------------
@@ -221,7 +278,8 @@
       var failed = make("option", null, "Could not load characters");
       failed.value = "";
       el.characterSelect.appendChild(failed);
-      toast("Could not load characters: " + err.message, "error");
+      if (err.code === "banned") banned(err.details);
+      else toast("Could not load characters: " + err.message, "error");
     });
   }
 
@@ -361,11 +419,17 @@
     down.setAttribute("data-testid", "feedback-down");
     feedback.appendChild(up);
     feedback.appendChild(down);
+    var report = make("button", "link-button report", "Report");
+    report.type = "button";
+    report.title = "Report this reply to the moderators";
+    report.setAttribute("data-testid", "report");
+    report.hidden = true;
     metaRow.appendChild(meta);
     metaRow.appendChild(feedback);
+    metaRow.appendChild(report);
     node.appendChild(bubble);
     node.appendChild(metaRow);
-    return { node: node, content: content, error: error, meta: meta, feedback: feedback, up: up, down: down };
+    return { node: node, content: content, error: error, meta: meta, feedback: feedback, up: up, down: down, report: report };
   }
 
   function newEntry(msg) {
@@ -373,6 +437,7 @@
     var entry = { msg: msg, el: parts.node, parts: parts, error: null, rating: 0 };
     parts.up.addEventListener("click", function () { sendFeedback(entry, 1); });
     parts.down.addEventListener("click", function () { sendFeedback(entry, -1); });
+    parts.report.addEventListener("click", function () { reportMessage(entry); });
     return entry;
   }
 
@@ -407,7 +472,10 @@
     if (!errorText && msg.status === "failed" && role === "assistant") errorText = "The reply could not be generated.";
     if (!errorText && msg.status === "blocked") {
       var cats = (msg.safety && msg.safety.categories) || [];
-      errorText = "Blocked by the safety filter" + (cats.length ? " (" + cats.join(", ") + ")" : "") + ".";
+      var why = cats.length ? " (" + cats.join(", ") + ")" : "";
+      errorText = role === "assistant"
+        ? "This reply was stopped and hidden by the content filter" + why + "."
+        : "This message was blocked by the content filter" + why + " and was not sent to the character. Moderators will review it.";
     }
     parts.error.textContent = errorText || "";
     parts.error.hidden = !errorText;
@@ -423,6 +491,8 @@
     parts.meta.textContent = metaText(entry);
     var canRate = role === "assistant" && msg.status === "completed" && msg.id != null;
     parts.feedback.hidden = !canRate;
+    parts.report.hidden = !(role === "assistant" && msg.id != null &&
+      (msg.status === "completed" || msg.status === "cancelled") && !entry.reported);
     parts.up.classList.toggle("selected", entry.rating === 1);
     parts.down.classList.toggle("selected", entry.rating === -1);
   }
@@ -573,6 +643,27 @@
       .catch(function (err) { toast("Could not save feedback: " + err.message, "error"); });
   }
 
+  function reportMessage(entry) {
+    if (entry.msg.id == null) return;
+    var reason = window.prompt("Why are you reporting this reply?");
+    if (reason == null || !reason.trim()) return;
+    api("messages/" + entry.msg.id + "/report/", { method: "POST", body: { reason: reason.trim() } })
+      .then(function () {
+        entry.reported = true;
+        renderMessage(entry);
+        toast("Thank you: the moderators will review this reply.");
+      })
+      .catch(function (err) {
+        if (err.code === "already_reported") {
+          entry.reported = true;
+          renderMessage(entry);
+          toast("You have already reported this reply.");
+        } else {
+          toast("Could not send the report: " + err.message, "error");
+        }
+      });
+  }
+
   // --- sending --------------------------------------------------------------------------------
 
   function sendFrame(frame) {
@@ -583,7 +674,8 @@
 
   function sendMessage() {
     var text = el.composer.value;
-    if (!text.trim() || !state.current || !socketOpen()) return;
+    if (!text.trim() || !state.current || !socketOpen() || state.banned) return;
+    if (Date.now() < state.limitedUntil) return;
     var clientId = newClientId();
     var entry = newEntry({
       id: null, role: "user", content: text, status: "sending", client_id: clientId,
@@ -613,12 +705,24 @@
     sendFrame({ type: "message.send", content: entry.msg.content, client_id: entry.msg.client_id });
   }
 
-  function failPending(reason) {
+  function failPending(reason, retryable) {
     state.pending.forEach(function (entry) {
       if (entry.msg.status !== "sending") return;
       entry.msg.status = "failed";
       entry.error = "Not sent: " + reason;
-      entry.retryable = true;
+      entry.retryable = retryable !== false;
+      renderMessage(entry);
+    });
+  }
+
+  // The content filter blocked the message being sent: it is kept, marked blocked (the
+  // server's message.created replaces this local copy with the saved one).
+  function blockPending(details) {
+    state.pending.forEach(function (entry) {
+      if (entry.msg.status !== "sending") return;
+      entry.msg.status = "blocked";
+      entry.msg.safety = { flagged: true, categories: (details && details.categories) || [] };
+      entry.retryable = false;
       renderMessage(entry);
     });
   }
@@ -670,7 +774,12 @@
       case "generation.failed":
         entry = frame.message_id != null ? state.messages.get(frame.message_id) : null;
         entry = entry || entryForGeneration(frame.generation_id);
-        if (entry) {
+        if (entry && frame.message && frame.message.status === "blocked") {
+          // Stopped by the content filter: the text shown so far goes, the notice stays.
+          entry.msg.status = null;
+          entry.error = null;
+          upsertMessage(frame.message);
+        } else if (entry) {
           entry.msg.status = "failed";
           entry.error = (frame.error && frame.error.message) || "The reply could not be generated.";
           renderMessage(entry);
@@ -680,17 +789,28 @@
         state.bufferedDeltas.delete(frame.generation_id);
         break;
       case "safety.flagged":
-        if (frame.message) upsertMessage(frame.message);
+        entry = state.messages.get(frame.message_id);
+        if (entry) {
+          entry.msg.safety = { flagged: true, categories: frame.categories || [] };
+          renderMessage(entry);
+        }
         break;
       case "rate_limited":
-        var wait = frame.retry_after != null ? " Try again in " + Math.ceil(frame.retry_after) + " s." : "";
-        failPending("rate limited." + wait);
-        toast("Slow down: you are sending messages too fast." + wait, "error");
+        failPending("you have reached a sending limit; try again when it lifts.");
+        rateLimited(frame.limit, frame.retry_after);
         break;
       case "error":
         var err = frame.error || {};
-        failPending(err.message || err.code || "error");
-        toast(err.message || err.code || "Something went wrong.", "error");
+        if (err.code === "content_blocked") {
+          blockPending(err.details);
+          toast("Your message was blocked by the content filter.", "error");
+        } else if (err.code === "banned") {
+          failPending("your account is suspended.", false);
+          banned(err.details);
+        } else {
+          failPending(err.message || err.code || "error");
+          toast(err.message || err.code || "Something went wrong.", "error");
+        }
         break;
       case "pong":
         break;
@@ -765,6 +885,11 @@
         showBanner("Your session has ended. Reload the page to log in again.");
         return;
       }
+      if (event.code === 4403) {
+        state.stopped = true;
+        if (!state.banned) banned({});
+        return;
+      }
       if (event.code === 4404) {
         state.stopped = true;
         setStatus("closed", "Not found");
@@ -823,7 +948,8 @@
     }).catch(function (err) {
       if (token !== state.openToken) return;
       setStatus("closed", "Not connected");
-      if (err.status === 404) showBanner("This conversation does not exist or is not yours.");
+      if (err.code === "banned") banned(err.details);
+      else if (err.status === 404) showBanner("This conversation does not exist or is not yours.");
       else if (err.status === 401 || err.status === 403) showBanner("Your session has ended. Reload the page to log in again.");
       else showBanner("Could not load messages: " + err.message);
     });
