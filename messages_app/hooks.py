@@ -9,24 +9,47 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+
+from messages_app import limits
 from messages_app.models import Message
 
 logger = logging.getLogger("messages_app.replies")
 
 
 def reply_finished(message_id: int) -> None:
-    """A reply reached a terminal status (committed). Never raises into its caller."""
-    if not logger.isEnabledFor(logging.INFO):
+    """A reply reached a terminal status (committed). Never raises into its caller.
+
+    Frees the reply's in-flight slot and adds its prompt and completion tokens to its
+    conversation owner's daily usage (one query by primary key, one Redis round trip)."""
+    rate_limits = settings.ENABLE_RATE_LIMITS
+    if not rate_limits and not logger.isEnabledFor(logging.INFO):
         return
     try:
         row = (
             Message.objects.filter(pk=message_id)
-            .values("conversation_id", "status", "finish_reason", "completion_tokens", "total_ms")
+            .values(
+                "conversation_id",
+                "conversation__owner_id",
+                "stream_key",
+                "status",
+                "finish_reason",
+                "prompt_tokens",
+                "completion_tokens",
+                "total_ms",
+            )
             .first()
         )
         if row is None:
+            # Deleted with its conversation: its slot expires (messages_app.limits).
             logger.info("reply %s finished with its conversation deleted", message_id)
             return
+        if rate_limits:
+            limits.reply_ended(
+                row["conversation__owner_id"],
+                row["stream_key"].hex,
+                (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0),
+            )
         logger.info(
             "reply %s finished: %s (%s), %s tokens in %s ms, conversation %s",
             message_id,
