@@ -122,7 +122,7 @@ def _resolve(defaults: Limits, rows: list[dict[str, Any]]) -> Limits:
     return Limits(**values)
 
 
-_cache: dict[int, tuple[float, Limits]] = {}
+_cache: dict[int, tuple[float, list[dict[str, Any]]]] = {}
 _cache_lock = threading.Lock()
 
 
@@ -133,24 +133,24 @@ def _user_id(user: Any) -> int:
 def limits_for(user: Any) -> Limits:
     """The limits of `user` (a user or a user id): settings overridden by LimitOverride.
 
-    One query (the user's row and those of the user's groups) per user per
-    LIMITS_CACHE_SECONDS in each process; the settings are read on every call."""
+    The override rows (the user's and those of the user's groups: one query) are cached per
+    user for LIMITS_CACHE_SECONDS in each process; the settings are read on every call."""
     user_id = _user_id(user)
     now = time.monotonic()
     cached = _cache.get(user_id)
     if cached is not None and cached[0] > now:
-        return cached[1]
-    rows = list(
-        LimitOverride.objects.filter(Q(user_id=user_id) | Q(group__user__id=user_id)).values(
-            "user_id", *_FIELDS
+        rows = cached[1]
+    else:
+        rows = list(
+            LimitOverride.objects.filter(Q(user_id=user_id) | Q(group__user__id=user_id)).values(
+                "user_id", *_FIELDS
+            )
         )
-    )
-    resolved = _resolve(_defaults(), rows) if rows else _defaults()
-    with _cache_lock:
-        if len(_cache) > 10_000:
-            _cache.clear()
-        _cache[user_id] = (now + LIMITS_CACHE_SECONDS, resolved)
-    return resolved
+        with _cache_lock:
+            if len(_cache) > 10_000:
+                _cache.clear()
+            _cache[user_id] = (now + LIMITS_CACHE_SECONDS, rows)
+    return _resolve(_defaults(), rows) if rows else _defaults()
 
 
 def forget() -> None:
