@@ -93,7 +93,10 @@ def test_thirty_concurrent_sends_against_a_limit_of_seven_admit_exactly_seven(
         )
     assert Counter(statuses) == {202: 7, 429: 23}
     assert sum(_user_messages(room) for room in rooms) == 7
-    assert Message.objects.filter(conversation__in=rooms, role="assistant", status="queued").count() == 7
+    assert (
+        Message.objects.filter(conversation__in=rooms, role="assistant", status="queued").count()
+        == 7
+    )
     assert len(llm_jobs()) - jobs_before == 7
     assert limits.usage(user)["minute"] == 7
     assert limits.usage(user)["in_flight"] == 7
@@ -304,9 +307,7 @@ def test_an_override_applies_within_the_cache_time(api, user, conversation, limi
 # --- what clients see ---------------------------------------------------------------------
 
 
-def test_a_rest_refusal_is_429_in_the_error_shape_with_the_four_headers(
-    api, conversation, limited
-):
+def test_a_rest_refusal_is_429_in_the_error_shape_with_the_four_headers(api, conversation, limited):
     limited.MAX_MESSAGES_PER_MINUTE = 1
     assert _send(api, conversation).status_code == 202
     refused = _send(api, conversation, "again")
@@ -445,6 +446,7 @@ def test_every_limits_key_is_namespaced_and_expires(api, conversation, fake_llm,
     try:
         for key in keys:
             assert key.startswith(f"{django_settings.SERVICE_NAME}:limits:{{".encode())
-            assert 0 < client.ttl(key) <= 2 * 86400 + 1, key
+            ttl = int(client.ttl(key))  # type: ignore[arg-type]
+            assert 0 < ttl <= 2 * 86400 + 1, key
     finally:
         client.close()
