@@ -23,7 +23,7 @@ from django.conf import settings
 from messages_app import events, selectors, services
 from messages_app.accounts.revocation import account_group
 from messages_app.broadcast import conversation_group
-from messages_app.errors import InvalidInput, NotFound, ServiceError
+from messages_app.errors import InvalidInput, NotFound, RateLimited, ServiceError
 from messages_app.models import Conversation, Message
 from messages_app.streams import log_last_seq, log_read_after
 
@@ -143,12 +143,17 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     # --- client frames --------------------------------------------------------------------
     async def _message_send(self, frame: dict[str, Any]) -> None:
-        result = await database_sync_to_async(services.message_send)(
-            conversation=self.conversation,
-            author=self.scope["user"],
-            content=frame.get("content"),
-            client_id=frame.get("client_id") or "",
-        )
+        try:
+            result = await database_sync_to_async(services.message_send)(
+                conversation=self.conversation,
+                author=self.scope["user"],
+                content=frame.get("content"),
+                client_id=frame.get("client_id") or "",
+            )
+        except RateLimited as exc:
+            # The contract's own frame, not an `error`; the connection stays open.
+            await self.send_json(events.rate_limited(retry_after=exc.retry_after, limit=exc.limit))
+            return
         if not result.created:
             # A repeat: the first send was already announced; tell this client again only.
             for message in (result.user_message, result.assistant_message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import redis
@@ -67,6 +68,55 @@ class ContentBlocked(ServiceError):
     code = "content_blocked"
 
 
+class RateLimited(ServiceError):
+    """A send over one of the user's limits (messages_app.limits): nothing was saved.
+
+    `limit` names it: minute, hour, day, in_flight or tokens. `retry_after` is the seconds
+    until it lifts; `remaining` and `reset` (seconds) describe that limit for the RateLimit-*
+    headers."""
+
+    status_code: int = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "rate_limited"
+
+    def __init__(
+        self,
+        *,
+        limit: str,
+        retry_after: float,
+        limit_value: int,
+        remaining: int = 0,
+        reset: float | None = None,
+    ) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self.limit_value = limit_value
+        self.remaining = remaining
+        self.reset = retry_after if reset is None else reset
+        super().__init__(
+            f"{_LIMIT_WORDS.get(limit, 'Rate limit reached')}; "
+            f"try again in {math.ceil(retry_after)} s.",
+            details={"limit": limit, "retry_after": retry_after, "limit_value": limit_value},
+        )
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After and the RateLimit-* headers (whole seconds, rounded up)."""
+        return {
+            "Retry-After": str(math.ceil(self.retry_after)),
+            "RateLimit-Limit": str(self.limit_value),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(math.ceil(self.reset)),
+        }
+
+
+_LIMIT_WORDS = {
+    "minute": "Too many messages this minute",
+    "hour": "Too many messages this hour",
+    "day": "Too many messages today",
+    "in_flight": "Too many replies in progress at once",
+    "tokens": "The daily token quota is used up",
+}
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -87,7 +137,8 @@ _DRF_CODES: dict[type[drf_exceptions.APIException], str] = {
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error leaves as `{"error": {code, message, details}}`."""
     if isinstance(exc, ServiceError):
-        return Response(exc.as_dict(), status=exc.status_code)
+        headers = exc.headers() if isinstance(exc, RateLimited) else None
+        return Response(exc.as_dict(), status=exc.status_code, headers=headers)
     if isinstance(exc, redis.RedisError):
         logger.warning("%s: Redis unavailable (%s)", context.get("view"), exc)
         body = error_body("redis_unavailable", "A service dependency is unavailable; try again.")

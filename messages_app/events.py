@@ -103,6 +103,11 @@ def account_revoked(reason: str) -> Event:
     return {"type": "account.revoked", "reason": reason}
 
 
+def rate_limited(*, retry_after: float, limit: str) -> Event:
+    """The answer to a `message.send` over one of the user's limits (nothing was saved)."""
+    return {"type": "rate_limited", "retry_after": round(retry_after, 3), "limit": limit}
+
+
 def error(code: str, message: str, details: dict[str, Any] | None = None) -> Event:
     body: dict[str, Any] = {"code": code, "message": message}
     if details:

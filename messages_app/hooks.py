@@ -9,32 +9,36 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+
+from messages_app import limits
 from messages_app.models import Message
 
 logger = logging.getLogger("messages_app.replies")
 
 
-def reply_finished(message_id: int) -> None:
-    """A reply reached a terminal status (committed). Never raises into its caller."""
-    if not logger.isEnabledFor(logging.INFO):
-        return
+def reply_finished(message: Message) -> None:
+    """A reply reached a terminal status (committed): `message` as saved, with its
+    conversation loaded (it may have been deleted since). Never raises into its caller.
+
+    Frees the reply's in-flight slot and adds its prompt and completion tokens to its
+    conversation owner's daily usage (one Redis round trip, no query)."""
     try:
-        row = (
-            Message.objects.filter(pk=message_id)
-            .values("conversation_id", "status", "finish_reason", "completion_tokens", "total_ms")
-            .first()
-        )
-        if row is None:
-            logger.info("reply %s finished with its conversation deleted", message_id)
-            return
-        logger.info(
-            "reply %s finished: %s (%s), %s tokens in %s ms, conversation %s",
-            message_id,
-            row["status"],
-            row["finish_reason"] or "-",
-            row["completion_tokens"],
-            row["total_ms"],
-            row["conversation_id"],
-        )
+        if settings.ENABLE_RATE_LIMITS:
+            limits.reply_ended(
+                message.conversation.owner_id,
+                message.stream_key.hex,
+                (message.prompt_tokens or 0) + (message.completion_tokens or 0),
+            )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "reply %s finished: %s (%s), %s tokens in %s ms, conversation %s",
+                message.pk,
+                message.status,
+                message.finish_reason or "-",
+                message.completion_tokens,
+                message.total_ms,
+                message.conversation_id,
+            )
     except Exception:
-        logger.exception("reply_finished(%s) failed", message_id)
+        logger.exception("reply_finished(%s) failed", message.pk)

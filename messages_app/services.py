@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -11,13 +12,14 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from messages_app import events
+from messages_app import events, limits
 from messages_app.broadcast import publish_in, send_event
 from messages_app.errors import (
     Conflict,
     ContentBlocked,
     InvalidInput,
     NotFound,
+    RateLimited,
     TooLarge,
     Unavailable,
 )
@@ -203,14 +205,25 @@ def message_send(
     queue cannot take the job, both messages are removed again and `Unavailable` is raised, so
     no message ever exists without a job behind it.
 
+    The author's rate limits admit it first (RateLimited: nothing saved). A send that fails,
+    or turns out a repeat, is refunded: only a send that creates its messages counts.
+
     The content check of the text runs in the safety worker while the conversation is locked
-    and the message inserted; a blocked message is kept `blocked`, with no reply, and
-    ContentBlocked is raised after commit.
+    and the message inserted; a blocked message is kept `blocked`, with no reply (it counts
+    as a send, but holds no slot in flight), and ContentBlocked is raised after commit.
     """
     content = check_message_content(content)
     client_id = check_client_id(client_id)
     check = input_check_start(content)
     blocked: Message | None = None
+    stream_key = uuid.uuid4()  # the reply's, and the name of its in-flight slot
+    try:
+        admission = limits.admit(author, token=stream_key.hex)
+    except RateLimited:
+        # A repeat of a send that was admitted still gets its result, even at the limit.
+        if client_id and (existing := _existing_send(conversation, client_id)):
+            return existing
+        raise
     try:
         with transaction.atomic():
             locked, leaf_depth, leaf_has_children = _lock_for_send(conversation)
@@ -247,15 +260,25 @@ def message_send(
                 # The new user message's siblings; its reply has none.
                 siblings = [user_message.pk] if alone else None
                 assistant, generation_id = _queue_reply(
-                    locked, user_message, announce=[user_message], siblings=siblings
+                    locked,
+                    user_message,
+                    announce=[user_message],
+                    siblings=siblings,
+                    stream_key=stream_key,
                 )
     except IntegrityError:
         # A repeat of an earlier send (or a concurrent one that won the race): its result.
+        limits.refund(admission)
         if client_id and (existing := _existing_send(conversation, client_id)):
             return existing
         raise
+    except BaseException:
+        limits.refund(admission)
+        raise
     conversation.active_leaf_id = locked.active_leaf_id
     if blocked is not None:
+        if admission.recorded:
+            limits.release(admission.user_id, admission.token)
         raise _blocked_error(blocked)
     return SendResult(user_message, assistant, generation_id, created=True)
 
@@ -266,14 +289,17 @@ def _queue_reply(
     *,
     announce: list[Message],
     siblings: list[int] | None = None,
+    stream_key: uuid.UUID | None = None,
 ) -> tuple[Message, int]:
     """Inside a transaction: a queued reply to `user_message`, made the active leaf, with its
     generation started after commit. `announce` are the other new messages of this change:
     if the queue fails they are deleted with the reply (nothing half-saved) and Unavailable
     is raised; otherwise they are announced with the reply. `siblings`, when the caller knows
-    them, are those of announce[0]."""
+    them, are those of announce[0]. `stream_key`: the reply's, when the caller named its
+    in-flight slot after it."""
     engine = reply_engine()
     assistant = Message.objects.create(
+        stream_key=stream_key or uuid.uuid4(),
         conversation=conversation,
         parent=user_message,
         depth=user_message.depth + 1,
@@ -335,28 +361,32 @@ def message_regenerate(*, message: Message) -> tuple[Message, int]:
     """A new assistant sibling of `message`: another reply to the same user turn.
 
     The old reply stays in the tree; the new one becomes the active leaf. Returns the new
-    reply and its generation id.
+    reply and its generation id. Counts as a send of the conversation's owner (RateLimited).
     """
     if message.role != Message.Role.ASSISTANT:
         raise InvalidInput("Only an assistant reply can be regenerated.", code="not_a_reply")
     parent = message.parent
     if parent is None or parent.role != Message.Role.USER:
         raise InvalidInput("The greeting cannot be regenerated.", code="not_a_reply")
-    with transaction.atomic():
+    stream_key = uuid.uuid4()
+    owner_id = message.conversation.owner_id
+    with limits.admitted(owner_id, token=stream_key.hex), transaction.atomic():
         conversation = _lock_conversation(message.conversation)
-        return _queue_reply(conversation, parent, announce=[])
+        return _queue_reply(conversation, parent, announce=[], stream_key=stream_key)
 
 
 def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
     """Edit a user message: a new sibling with the new content and a new reply, on a new branch.
 
-    The old message and everything under it are kept, reachable by switching branch.
+    The old message and everything under it are kept, reachable by switching branch. Counts as
+    a send of `author` (RateLimited).
     """
     if message.role != Message.Role.USER:
         raise InvalidInput("Only user messages can be edited.", code="not_a_user_message")
     content = check_message_content(content)
     check = input_check_start(content)
-    with transaction.atomic():
+    stream_key = uuid.uuid4()
+    with limits.admitted(author, token=stream_key.hex) as admission, transaction.atomic():
         conversation = _lock_conversation(message.conversation)
         edited = Message.objects.create(
             conversation=conversation,
@@ -373,8 +403,12 @@ def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
         else:
             if verdict is not None and verdict.flagged:
                 safety_record(edited, verdict, source=ReviewItem.Source.INPUT, blocked=False)
-            assistant, generation_id = _queue_reply(conversation, edited, announce=[edited])
+            assistant, generation_id = _queue_reply(
+                conversation, edited, announce=[edited], stream_key=stream_key
+            )
     if edited.status == Message.Status.BLOCKED:
+        if admission.recorded:
+            limits.release(admission.user_id, admission.token)
         raise _blocked_error(edited)
     return SendResult(edited, assistant, generation_id, created=True)
 

@@ -177,6 +177,9 @@ MAX_MESSAGES_PER_HOUR: int = env.int("MAX_MESSAGES_PER_HOUR", default=10000)
 MAX_MESSAGES_PER_DAY: int = env.int("MAX_MESSAGES_PER_DAY", default=100000)
 # Replies of one user queued or streaming at once.
 MAX_REPLIES_IN_FLIGHT: int = env.int("MAX_REPLIES_IN_FLIGHT", default=5)
+# A reply's slot in flight expires this long after MESSAGE_PROCESSING_TIMEOUT, should its end
+# never release it.
+RATE_LIMIT_SLOT_MARGIN_SECONDS: float = env.float("RATE_LIMIT_SLOT_MARGIN_SECONDS", default=60.0)
 # Prompt plus completion tokens per user per UTC day.
 DAILY_TOKEN_QUOTA: int = env.int("DAILY_TOKEN_QUOTA", default=1_000_000)
 # Wrong passwords before a username or a client address is refused for LOGIN_COOLOFF_SECONDS.

@@ -50,3 +50,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Off unless the environment turns them on: the suite sends far more than the default limits
+# allow (MAX_REPLIES_IN_FLIGHT). tests/test_rate_limits*.py turn them on with the `settings`
+# fixture, and for their daphne subprocesses through the environment.
+ENABLE_RATE_LIMITS = os.environ.get("ENABLE_RATE_LIMITS", "").lower() in ("1", "true", "yes", "on")

@@ -24,10 +24,10 @@ def finished(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     calls: list[tuple[int, str]] = []
     original = hooks.reply_finished
 
-    def record(message_id: int) -> None:
-        status = Message.objects.filter(pk=message_id).values_list("status", flat=True).first()
-        calls.append((message_id, status or "deleted"))
-        original(message_id)
+    def record(message: Message) -> None:
+        status = Message.objects.filter(pk=message.pk).values_list("status", flat=True).first()
+        calls.append((message.pk, status or "deleted"))
+        original(message)
 
     monkeypatch.setattr(hooks, "reply_finished", record)
     return calls
