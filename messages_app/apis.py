@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from messages_app import selectors, services
+from messages_app import characters, selectors, services
 from messages_app.errors import InvalidInput
 from messages_app.models import Character, Conversation
 from messages_app.serializers import (
@@ -44,7 +44,9 @@ class ByActivityPagination(CursorPagination):
 
 
 class CharacterViewSet(viewsets.ModelViewSet[Character]):
-    """Public characters and the caller's own. Only the owner may change or delete one."""
+    """Approved public characters and the caller's own. Only the owner (or staff) may change
+    or delete one. Users who are not staff are held to the provider/model allowlist, and their
+    public characters wait for a moderator's approval (messages_app.characters)."""
 
     serializer_class = CharacterSerializer
     pagination_class = ByNamePagination
@@ -53,7 +55,9 @@ class CharacterViewSet(viewsets.ModelViewSet[Character]):
         return selectors.characters_visible_to(self.request.user)
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.save(owner=self.request.user)
+        serializer.instance = characters.character_create(
+            owner=self.request.user, data=serializer.validated_data
+        )
 
     def _check_owner(self, character: Character) -> None:
         user = self.request.user
@@ -62,7 +66,9 @@ class CharacterViewSet(viewsets.ModelViewSet[Character]):
 
     def perform_update(self, serializer: Any) -> None:
         self._check_owner(serializer.instance)
-        serializer.save()
+        serializer.instance = characters.character_update(
+            character=serializer.instance, actor=self.request.user, data=serializer.validated_data
+        )
 
     def perform_destroy(self, instance: Character) -> None:
         self._check_owner(instance)

@@ -56,7 +56,26 @@ SELECT MAX(id) FROM d
 
 
 def characters_visible_to(user: Any) -> QuerySet[Character]:
-    return Character.objects.filter(Q(is_public=True) | Q(owner=user)).select_related("owner")
+    """The characters `user` may list, read and start a conversation with.
+
+    - Their own, whatever their approval.
+    - Public ones that a moderator approved.
+    - Public ones back in review (`pending`, after their owner edited them) that `user`
+      already chats with, so the character of an existing conversation does not vanish.
+    - Staff: every public one, so that they can look at it before deciding.
+    A rejected character is its owner's only. Existing conversations never depend on this
+    (conversation_get does not look at the character's approval).
+    """
+    if getattr(user, "is_staff", False):
+        condition = Q(is_public=True) | Q(owner=user)
+    else:
+        chatted = Conversation.objects.filter(owner=user).values("character_id")
+        condition = (
+            Q(owner=user)
+            | Q(is_public=True, approval=Character.Approval.APPROVED)
+            | Q(is_public=True, approval=Character.Approval.PENDING, pk__in=chatted)
+        )
+    return Character.objects.filter(condition).select_related("owner")
 
 
 def character_get_visible(*, user: Any, character_id: int) -> Character:

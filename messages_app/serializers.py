@@ -159,6 +159,9 @@ class SendResultSerializer(serializers.Serializer[Any]):
 
 
 class CharacterSerializer(serializers.ModelSerializer[Character]):
+    """`approval` (pending, approved, rejected) is set by the service and the moderators: other
+    users see a public character only once it is approved."""
+
     owner = serializers.CharField(source="owner.username", read_only=True, default=None)
 
     class Meta:
@@ -176,11 +179,12 @@ class CharacterSerializer(serializers.ModelSerializer[Character]):
             "temperature",
             "max_tokens",
             "is_public",
+            "approval",
             "owner",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "owner", "created_at", "updated_at"]
+        read_only_fields = ["id", "approval", "owner", "created_at", "updated_at"]
         extra_kwargs = {
             "temperature": {"min_value": 0.0, "max_value": 2.0},
             "max_tokens": {"min_value": 1},

@@ -183,8 +183,32 @@ RATE_LIMIT_SLOT_MARGIN_SECONDS: float = env.float("RATE_LIMIT_SLOT_MARGIN_SECOND
 # Prompt plus completion tokens per user per UTC day.
 DAILY_TOKEN_QUOTA: int = env.int("DAILY_TOKEN_QUOTA", default=1_000_000)
 # Wrong passwords before a username or a client address is refused for LOGIN_COOLOFF_SECONDS.
+# Failures count within LOGIN_COOLOFF_SECONDS of the last one (django-axes, in the Redis
+# cache; messages_app.accounts.throttle). Token endpoint, session login and admin login alike.
 LOGIN_FAILURE_LIMIT: int = env.int("LOGIN_FAILURE_LIMIT", default=5)
 LOGIN_COOLOFF_SECONDS: int = env.int("LOGIN_COOLOFF_SECONDS", default=900)
+# Reverse proxies (addresses or networks) whose X-Forwarded-For is believed for the client
+# address. Empty: the TCP peer is the client. Behind a load balancer or ingress, name it, or
+# every client shares its address (and its login throttle).
+TRUSTED_PROXIES: list[str] = env.list("TRUSTED_PROXIES", default=[])
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CACHE = "default"
+# Two rules: a username's failures, and an address's; either over the limit locks.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = "messages_app.accounts.throttle.failure_limit"
+AXES_COOLOFF_TIME = "messages_app.accounts.throttle.cooloff"
+AXES_USERNAME_CALLABLE = "messages_app.accounts.throttle.counter_username"
+AXES_CLIENT_IP_CALLABLE = "messages_app.accounts.throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "messages_app.accounts.throttle.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+# A lockout lasts LOGIN_COOLOFF_SECONDS from the failure that caused it: attempts during it
+# are refused without extending it, so Retry-After is exact.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A successful login clears its username's counter (throttle.PasswordBackend), never the
+# address's: one's own account must not reset the count of guesses at others'.
+AXES_RESET_ON_SUCCESS = False
+AXES_ENABLE_ADMIN = False  # the cache handler keeps nothing in the database to show
+AXES_VERBOSE = False
 # What a user who is not staff may put a character on ("" = the service default).
 CHARACTER_ALLOWED_PROVIDERS: list[str] = env.list(
     "CHARACTER_ALLOWED_PROVIDERS", default=["", "lmstudio", "openai_compatible"]
@@ -251,6 +275,13 @@ INSTALLED_APPS = [
     "messages_app",
     "llm_app",
     "analytics_app",
+    "axes",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # Refuses locked usernames and addresses before any password is checked.
+    "messages_app.accounts.throttle.LoginThrottleBackend",
+    "messages_app.accounts.throttle.PasswordBackend",
 ]
 
 MIDDLEWARE = [
@@ -262,6 +293,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out login into the 429 of messages_app.accounts.throttle.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "messageservice.urls"

@@ -27,4 +27,6 @@ class CharacterFactory(factory.django.DjangoModelFactory):
     greeting = factory.LazyAttribute(lambda o: f"Hello, I am {o.name}.")
     system_prompt = "Stay in character."
     is_public = True
+    # Visible to every user, as the characters that staff make.
+    approval = Character.Approval.APPROVED
     owner = None

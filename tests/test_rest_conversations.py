@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from messages_app.models import Conversation
+from messages_app.models import Character, Conversation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,6 +56,9 @@ def test_characters_are_created_by_users_and_changed_only_by_their_owner(api, ot
     other.force_authenticate(other_user)
     _error(other.get(f"/api/v1/characters/{character_id}/"), 404)
     api.patch(f"/api/v1/characters/{character_id}/", {"is_public": True}, format="json")
+    # Public, but others see it only once a moderator approved it.
+    _error(other.get(f"/api/v1/characters/{character_id}/"), 404)
+    Character.objects.filter(pk=character_id).update(approval=Character.Approval.APPROVED)
     assert other.get(f"/api/v1/characters/{character_id}/").status_code == 200
     _error(other.patch(f"/api/v1/characters/{character_id}/", {"name": "X"}, format="json"), 403)
     bad = api.post("/api/v1/characters/", {"name": "T", "temperature": 9}, format="json")

@@ -51,7 +51,9 @@ class Command(BaseCommand):
             user.save()
         for spec in CHARACTERS:
             Character.objects.update_or_create(
-                name=spec["name"], owner=None, defaults={**spec, "is_public": True}
+                name=spec["name"],
+                owner=None,
+                defaults={**spec, "is_public": True, "approval": Character.Approval.APPROVED},
             )
         self.stdout.write(
             f"demo user: {DEMO_USERNAME} / {DEMO_PASSWORD}; {len(CHARACTERS)} demo characters"
