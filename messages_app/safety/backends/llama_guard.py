@@ -66,8 +66,8 @@ class LlamaGuardBackend:
                 max_tokens=20,
                 temperature=0,
             )
-        except openai.OpenAIError as exc:
-            raise BackendError(f"Llama Guard request failed: {exc}") from exc
-        if not completion.choices:
-            raise BackendError("Llama Guard answered no choices")
-        return parse_answer(completion.choices[0].message.content or "")
+            answer = completion.choices[0].message.content or ""
+        # Bodies that are not JSON or lack choices surface as ValueError, IndexError...
+        except (openai.OpenAIError, ValueError, AttributeError, TypeError, IndexError) as exc:
+            raise BackendError(f"Llama Guard request failed: {exc!r}") from exc
+        return parse_answer(answer)

@@ -31,16 +31,20 @@ class OpenAIModerationBackend:
             return []
         try:
             response = self.client.moderations.create(model=self.model, input=texts)
-        except openai.OpenAIError as exc:
-            raise BackendError(f"OpenAI moderation failed: {exc}") from exc
-        if len(response.results) != len(texts):
+            # The SDK's attributes are harassment_threatening etc.; by_alias gives the API's names.
+            scores = [
+                _scores(result.category_scores.model_dump(by_alias=True))
+                for result in response.results
+            ]
+        # A body that is not JSON, or not of the moderation shape, surfaces from the SDK as
+        # ValueError (json, pydantic) or AttributeError rather than as an OpenAIError.
+        except (openai.OpenAIError, ValueError, AttributeError, TypeError) as exc:
+            raise BackendError(f"OpenAI moderation failed: {exc!r}") from exc
+        if len(scores) != len(texts):
             raise BackendError(
-                f"OpenAI moderation returned {len(response.results)} results for {len(texts)} texts"
+                f"OpenAI moderation returned {len(scores)} results for {len(texts)} texts"
             )
-        # The SDK's attributes are harassment_threatening etc.; by_alias gives the API's names.
-        return [
-            _scores(result.category_scores.model_dump(by_alias=True)) for result in response.results
-        ]
+        return scores
 
 
 def _scores(raw: dict[str, object]) -> dict[str, float]:
