@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -78,5 +79,5 @@ def test_the_request_list_is_named_under_the_service_prefix():
     assert client.requests_key() == f"{settings.SERVICE_NAME}:safety:requests"
     pending = submit(KIND)
     assert pending.reply.startswith(f"{settings.SERVICE_NAME}:safety:reply:")
-    raw = redis.Redis.from_url(settings.REDIS_URL).lrange(client.requests_key(), 0, -1)
+    raw: Any = redis.Redis.from_url(settings.REDIS_URL).lrange(client.requests_key(), 0, -1)
     assert len(raw) == 1 and pending.id.encode() in raw[0]

@@ -53,7 +53,8 @@ def test_the_openai_backend_through_the_worker_batches_and_names_the_categories(
             tasks = [asyncio.ensure_future(acheck(t, timeout=10)) for t in texts]
             await asyncio.sleep(0.15)
             # All 40 wait, through one connection blocked in BLPOP (the dispatcher's).
-            blocked = [c for c in redis_clients.sync_redis().client_list() if c["cmd"] == "blpop"]
+            clients: Any = redis_clients.sync_redis().client_list()
+            blocked = [c for c in clients if c["cmd"] == "blpop"]
             assert len(blocked) == 1, blocked
             return list(await asyncio.gather(*tasks))
 
