@@ -53,8 +53,11 @@ def test_the_openai_backend_through_the_worker_batches_and_names_the_categories(
             tasks = [asyncio.ensure_future(acheck(t, timeout=10)) for t in texts]
             await asyncio.sleep(0.15)
             # All 40 wait, through one connection blocked in BLPOP (the dispatcher's).
-            clients: Any = redis_clients.sync_redis().client_list()
-            blocked = [c for c in clients if c["cmd"] == "blpop"]
+            # (Other programs may share this Redis server: count this database's clients.)
+            sync = redis_clients.sync_redis()
+            db = str(sync.connection_pool.connection_kwargs.get("db", 0))
+            clients: Any = sync.client_list()
+            blocked = [c for c in clients if c["cmd"] == "blpop" and c["db"] == db]
             assert len(blocked) == 1, blocked
             return list(await asyncio.gather(*tasks))
 

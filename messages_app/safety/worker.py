@@ -140,10 +140,19 @@ class SafetyWorker:
     def _classify(self, requests: list[Request]) -> list[tuple[Request, dict[str, Any]]]:
         try:
             scores = self.backend.classify([r.text for r in requests])
+            if len(scores) != len(requests):
+                raise BackendError(f"{len(scores)} scores for {len(requests)} texts")
             verdicts = [judge(s, backend=self.backend.name).as_dict() for s in scores]
         except (BackendError, ValueError) as exc:
             logger.warning(
                 "safety worker: %s failed on %d texts: %s", self.backend.name, len(requests), exc
             )
             return [(r, {"id": r.id, "error": f"{self.backend.name}: {exc}"}) for r in requests]
+        except Exception as exc:
+            # A bug must not kill the worker with requests in hand: their clients would wait
+            # for their timeout. Answer, log, carry on.
+            logger.exception(
+                "safety worker: %s crashed on %d texts", self.backend.name, len(requests)
+            )
+            return [(r, {"id": r.id, "error": f"{self.backend.name}: {exc!r}"}) for r in requests]
         return [(r, {"id": r.id, "verdict": v}) for r, v in zip(requests, verdicts, strict=True)]
