@@ -49,16 +49,22 @@ def test_the_openai_backend_through_the_worker_batches_and_names_the_categories(
         fake.requests.clear()
         texts = ["I will hurt myself tonight" if i % 5 == 0 else f"hello {i}" for i in range(40)]
 
-        async def check_all() -> list[Any]:
-            tasks = [asyncio.ensure_future(acheck(t, timeout=10)) for t in texts]
-            await asyncio.sleep(0.15)
-            # All 40 wait, through one connection blocked in BLPOP (the dispatcher's).
-            # (Other programs may share this Redis server: count this database's clients.)
+        def blocked_in_blpop() -> int:
+            # Other programs may share this Redis server: count this database's clients.
             sync = redis_clients.sync_redis()
             db = str(sync.connection_pool.connection_kwargs.get("db", 0))
             clients: Any = sync.client_list()
-            blocked = [c for c in clients if c["cmd"] == "blpop" and c["db"] == db]
-            assert len(blocked) == 1, blocked
+            # Flag b: blocked now (cmd alone is only the last command of the connection).
+            return sum(
+                1 for c in clients if "b" in c["flags"] and c["cmd"] == "blpop" and c["db"] == db
+            )
+
+        async def check_all() -> list[Any]:
+            before = blocked_in_blpop()
+            tasks = [asyncio.ensure_future(acheck(t, timeout=10)) for t in texts]
+            await asyncio.sleep(0.15)
+            # All 40 wait, through one more connection blocked in BLPOP (the dispatcher's).
+            assert blocked_in_blpop() - before == 1
             return list(await asyncio.gather(*tasks))
 
         verdicts = asyncio.run(check_all())
