@@ -3,6 +3,8 @@
     python deploy/healthcheck.py web [PATH]     exit 0 if GET http://127.0.0.1:$PORT/health is 200
     python deploy/healthcheck.py worker QUEUE   exit 0 if an RQ worker started on this host
                                                 (container / pod) is registered on QUEUE in Redis
+    python deploy/healthcheck.py safety         exit 0 if a safety worker on this host keeps
+                                                its heartbeat key alive in Redis
 
 The worker check uses the same Redis connection as the app (django_rq.get_connection, i.e.
 RQ_QUEUES from settings, built from REDIS_URL). A worker that died without unregistering drops
@@ -70,11 +72,38 @@ def check_worker(queue_name: str) -> bool:
     return alive
 
 
+def check_safety() -> bool:
+    """True when a `manage.py safety_worker` on this host renewed its heartbeat key lately."""
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messageservice.settings")
+    import django
+
+    django.setup()
+    import redis
+    from django.conf import settings
+
+    from messages_app.safety.worker import heartbeat_key
+
+    pattern = heartbeat_key(socket.gethostname(), 0).rsplit(":", 1)[0] + ":*"
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        alive = any(True for _ in client.scan_iter(match=pattern, count=1000))
+    except Exception as exc:  # any failure means "unhealthy"
+        print(f"safety health check failed: {exc}", file=sys.stderr)
+        return False
+    if not alive:
+        print(f"no safety worker from {socket.gethostname()}", file=sys.stderr)
+    return alive
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 1 and argv[0] == "web":
         return 0 if check_web(argv[1] if len(argv) > 1 else "/health") else 1
     if len(argv) == 2 and argv[0] == "worker":
         return 0 if check_worker(argv[1]) else 1
+    if argv == ["safety"]:
+        return 0 if check_safety() else 1
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -25,6 +25,12 @@ os.environ["DEBUG"] = "false"
 os.environ["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(48)
 os.environ["JWT_SECRET_KEY"] = secrets.token_urlsafe(48)
 os.environ.pop("MONGODB_URL", None)
+# The guards are off unless a test turns them on: the suite sends far more than the default
+# limits allow (MAX_REPLIES_IN_FLIGHT), and most tests run no safety worker. The tests of
+# limits and safety turn them on with the `settings` fixture, and for their subprocesses
+# (which inherit os.environ) through the environment.
+os.environ.setdefault("ENABLE_RATE_LIMITS", "false")
+os.environ.setdefault("ENABLE_CONTENT_FILTERING", "false")
 
 from messageservice.settings import *  # noqa: E402,F403
 from messageservice.settings import DATABASES  # noqa: E402
@@ -50,7 +56,4 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-# Off unless the environment turns them on: the suite sends far more than the default limits
-# allow (MAX_REPLIES_IN_FLIGHT). tests/test_rate_limits*.py turn them on with the `settings`
-# fixture, and for their daphne subprocesses through the environment.
-ENABLE_RATE_LIMITS = os.environ.get("ENABLE_RATE_LIMITS", "").lower() in ("1", "true", "yes", "on")
+

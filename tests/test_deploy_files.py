@@ -128,7 +128,10 @@ COMPOSE_WORKERS = {
     "message-processor": "messages",
     "analytics-worker": "analytics",
 }
-APP_COMPOSE_SERVICES = ("web", *COMPOSE_WORKERS, "migrate")
+# The content-safety worker (issue 9): its own command and heartbeat health check.
+SAFETY_COMMAND = ["python", "manage.py", "safety_worker"]
+SAFETY_PROBE = ["python", "deploy/healthcheck.py", "safety"]
+APP_COMPOSE_SERVICES = ("web", *COMPOSE_WORKERS, "safety-worker", "migrate")
 WEB_COMMAND = ["daphne", "-b", "0.0.0.0", "-p", str(WEB_PORT), "messageservice.asgi:application"]
 SEED_REDIS_COMMAND = (
     "redis-server --appendonly yes --maxmemory 512mb --maxmemory-policy allkeys-lru"
@@ -349,6 +352,7 @@ def test_k8s_has_the_expected_objects() -> None:
         ("HorizontalPodAutoscaler", "message-service-hpa"),
         ("HorizontalPodAutoscaler", "llm-workers-hpa"),
         *(("Deployment", name) for name in K8S_WORKERS),
+        ("Deployment", "safety-workers"),
     }
     assert expected <= kinds, f"missing: {sorted(expected - kinds)}"
 
@@ -415,6 +419,18 @@ def test_workers_run_rqworker_on_their_queue_with_a_liveness_probe() -> None:
         for e in deployments["llm-workers"]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert llm_env["MAX_CONCURRENT_REQUESTS"] == "5"
+
+
+def test_the_safety_worker_runs_with_its_heartbeat_probe_in_k8s_and_compose() -> None:
+    (container,) = k8s_objects("Deployment")["safety-workers"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["command"] == SAFETY_COMMAND
+    assert container["livenessProbe"]["exec"]["command"] == SAFETY_PROBE
+    assert "ports" not in container
+    service = compose_services()["safety-worker"]
+    assert service["command"] == SAFETY_COMMAND
+    assert service["healthcheck"]["test"] == ["CMD", *SAFETY_PROBE]
 
 
 def test_migrations_run_in_a_job_not_in_every_pod_start() -> None:
@@ -559,7 +575,7 @@ def test_compose_app_services_share_the_one_image() -> None:
 
 def test_compose_app_services_wait_for_migrate_to_complete() -> None:
     services = compose_services()
-    for name in ("web", *COMPOSE_WORKERS):
+    for name in ("web", *COMPOSE_WORKERS, "safety-worker"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["postgres"]["condition"] == "service_healthy", name

@@ -99,3 +99,15 @@ async def test_many_concurrent_async_checks_each_get_their_own_verdict(local_wor
 def test_many_sync_checks_submitted_together_are_all_answered(local_worker):
     pending = [submit(INSULT if i % 2 else KIND) for i in range(100)]
     assert [p.result().flagged for p in pending] == [bool(i % 2) for i in range(100)]
+
+
+def test_the_deploy_health_check_sees_the_safety_worker_of_this_host(local_worker, tmp_path):
+    """`deploy/healthcheck.py safety` (the compose and k8s probe): 0 while a worker on this
+    host keeps its heartbeat, 1 for an installation (SERVICE_NAME) where none runs."""
+    command = [sys.executable, "deploy/healthcheck.py", "safety"]
+    alive = subprocess.run(command, cwd=ROOT, env=local_worker.env, capture_output=True, timeout=60)
+    assert alive.returncode == 0, alive.stderr.decode()
+    elsewhere = dict(local_worker.env, SERVICE_NAME=f"elsewhere-{tmp_path.name}")
+    dead = subprocess.run(command, cwd=ROOT, env=elsewhere, capture_output=True, timeout=60)
+    assert dead.returncode == 1
+    assert b"no safety worker" in dead.stderr

@@ -5,9 +5,12 @@ Run by `manage.py safety_worker`. The only process kind that loads a classifier.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import resource
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +31,9 @@ BATCH_SIZE = 64
 POP_BLOCK_SECONDS = 1
 # An answer waits this long for its client (which BLPOPs it at once) before it expires.
 REPLY_TTL_SECONDS = 30
+# While it serves, the worker keeps a key of its own alive this long (deploy/healthcheck.py
+# `safety` reads it): renewed at least every POP_BLOCK_SECONDS.
+HEARTBEAT_TTL_SECONDS = 15
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 
@@ -66,6 +72,12 @@ def parse_request(raw: bytes) -> Request | None:
         return None
 
 
+
+def heartbeat_key(hostname: str, pid: int) -> str:
+    """The key a running safety worker on `hostname` keeps alive."""
+    return f"{requests_key()}:worker:{hostname}:{pid}"
+
+
 class SafetyWorker:
     def __init__(self, *, backend_name: str | None = None, batch_size: int = BATCH_SIZE) -> None:
         check_settings()
@@ -92,8 +104,11 @@ class SafetyWorker:
     def run(self) -> None:
         """Serve until stop() is called; Redis failures are retried with backoff."""
         backoff = BACKOFF_FIRST_SECONDS
+        beat = heartbeat_key(socket.gethostname(), os.getpid())
+        logger.info("safety worker ready: serving %s (%s backend)", self.key, self.backend.name)
         while not self.stopping.is_set():
             try:
+                self.redis.set(beat, self.backend.name, ex=HEARTBEAT_TTL_SECONDS)
                 raws = self._pop()
                 if raws:
                     self.handle(raws)
@@ -102,6 +117,8 @@ class SafetyWorker:
                 logger.warning("safety worker: Redis failed (%s); retrying in %.1f s", exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+        with contextlib.suppress(redis.RedisError):
+            self.redis.delete(beat)
         logger.info("safety worker: stopped after %d answers", self.answered)
 
     def stop(self) -> None:
