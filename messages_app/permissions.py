@@ -7,8 +7,6 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from messages_app.moderation import ban_check
-
 
 class NotBanned(BasePermission):
     """A banned user gets 403 `banned` (until, permanent, reason) on every API view that keeps
@@ -16,6 +14,10 @@ class NotBanned(BasePermission):
     not an API view: a banned user can still log in and read why. One primary-key query."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
+        # Imported here: DRF imports this class while rest_framework.views, which the
+        # error module needs, is still being imported.
+        from messages_app.moderation import ban_check
+
         user = request.user
         if user is not None and user.is_authenticated:
             ban_check(user)  # raises Banned, which the exception handler shapes
