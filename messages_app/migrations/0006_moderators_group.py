@@ -27,9 +27,12 @@ def create_moderators(apps, schema_editor):
     # On a fresh database the permissions are normally created after all migrations
     # (post_migrate); create this app's now so that the group can be given them.
     app_config = apps.get_app_config("messages_app")
-    app_config.models_module = True
-    create_permissions(app_config, apps=apps, verbosity=0)
-    app_config.models_module = None
+    models_module = getattr(app_config, "models_module", None)
+    app_config.models_module = models_module or True  # create_permissions skips it if unset
+    try:
+        create_permissions(app_config, apps=apps, verbosity=0)
+    finally:
+        app_config.models_module = models_module
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     group, _ = Group.objects.get_or_create(name=MODERATORS_GROUP)
