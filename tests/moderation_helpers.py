@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from messages_app import moderation
 from messages_app.models import Conversation, Message, ReviewItem
-from tests.factories import UserFactory
+from tests.factories import CharacterFactory, UserFactory
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,30 @@ def queued(
 
 
 def make_moderator(username: str = "mod") -> Any:
-    moderator = UserFactory(username=username, is_staff=True)
+    moderator: Any = UserFactory(username=username, is_staff=True)
     moderator.groups.add(moderation.moderators_group_ensure())
     return moderator
+
+
+def make_user(**fields: Any) -> Any:
+    return UserFactory(**fields)
+
+
+def make_character(**fields: Any) -> Any:
+    return CharacterFactory(**fields)
+
+
+def message_of(item: ReviewItem) -> Message:
+    return Message.objects.get(review=item)
+
+
+def ban_of(user: Any) -> moderation.Ban:
+    """The ban in force on `user`; fails the test when there is none."""
+    ban = moderation.active_ban(user)
+    assert ban is not None
+    return ban
+
+
+def until_of(ban: moderation.Ban) -> datetime:
+    assert ban.until is not None
+    return ban.until

@@ -4,7 +4,7 @@ access."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -36,7 +36,7 @@ def assert_banned(response, *, permanent: bool = False, reason: str = "spamming"
     if permanent:
         assert details["until"] is None
     else:
-        until = timezone.datetime.fromisoformat(details["until"].replace("Z", "+00:00"))
+        until = datetime.fromisoformat(details["until"].replace("Z", "+00:00"))
         assert until > timezone.now()
     return details
 
@@ -48,7 +48,8 @@ def test_a_banned_user_gets_403_banned_with_the_end_time_everywhere_in_the_api(a
     ban(conversation.owner)
     details = assert_banned(api.get("/api/v1/conversations/"))
     standing = UserStanding.objects.get(pk=conversation.owner.pk)
-    until = timezone.datetime.fromisoformat(details["until"].replace("Z", "+00:00"))
+    until = datetime.fromisoformat(details["until"].replace("Z", "+00:00"))
+    assert standing.banned_until is not None
     assert abs((until - standing.banned_until).total_seconds()) < 0.001
     assert_banned(
         api.post(

@@ -16,8 +16,17 @@ from django.utils import timezone
 from messages_app import moderation
 from messages_app.errors import Banned, InvalidInput
 from messages_app.models import Character, Message, ModerationDecision, ReviewItem, UserStanding
-from tests.factories import CharacterFactory, UserFactory
-from tests.moderation_helpers import Verdict, make_moderator, queued, reply, user_message
+from tests.moderation_helpers import (
+    Verdict,
+    ban_of,
+    make_character,
+    make_moderator,
+    make_user,
+    message_of,
+    queued,
+    reply,
+    user_message,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,7 +92,7 @@ def test_one_item_per_message_and_a_second_verdict_merges_scores(conversation):
 
 def test_a_report_bumps_a_queued_item_and_puts_a_decided_one_back_in_the_queue(conversation, mod):
     (item,) = queued(conversation)
-    message = item.message
+    message = message_of(item)
     assert moderation.review_record(message, source="report").reports == 1
     moderation.decide([item], action=A.APPROVE, actor=mod)
     item.refresh_from_db()
@@ -116,7 +125,7 @@ def test_approve_unblocks_many_messages_at_once_and_records_each_decision(conver
     decisions = moderation.decide(items, action=A.APPROVE, actor=mod, reason="fine in context")
     assert len(decisions) == 3
     for item in items:
-        message = Message.objects.get(pk=item.message_id)
+        message = message_of(item)
         assert message.status == "completed"
         assert not message.safety_flagged and message.safety_categories == []
         assert ReviewItem.objects.get(pk=item.pk).state == "approved"
@@ -148,7 +157,7 @@ def test_confirm_adds_one_per_item_once_and_approve_takes_it_back(conversation, 
         ("approve", 1),
     ]
     # Confirmed content stays as it was (blocked here).
-    assert Message.objects.get(pk=items[1].message_id).status == "blocked"
+    assert message_of(items[1]).status == "blocked"
 
 
 def test_warn_counts_a_violation_and_a_warning(conversation, user, mod):
@@ -203,6 +212,7 @@ def test_passing_a_threshold_bans_automatically_logged_with_no_actor(conversatio
     auto = ModerationDecision.objects.get(action="auto_ban")
     assert auto.actor is None and auto.actor_name == "" and auto.subject == user
     assert auto.violation_score == 3 and not auto.ban_permanent
+    assert auto.banned_until is not None
     assert before + timedelta(days=1) <= auto.banned_until <= timezone.now() + timedelta(days=1)
     assert "3" in auto.reason
     ban = moderation.active_ban(user)
@@ -213,7 +223,9 @@ def test_many_thresholds_passed_at_once_apply_the_highest_once(conversation, use
     settings.VIOLATION_BAN_THRESHOLDS = "3=1d,6=7d,10=forever"
     moderation.decide(queued(conversation, 7), action=A.CONFIRM, actor=mod)
     (auto,) = ModerationDecision.objects.filter(action="auto_ban")
-    assert auto.banned_until > timezone.now() + timedelta(days=6, hours=23)
+    assert auto.banned_until is not None and auto.banned_until > timezone.now() + timedelta(
+        days=6, hours=23
+    )
     moderation.decide(queued(conversation, 3), action=A.WARN, actor=mod)
     forever = ModerationDecision.objects.filter(action="auto_ban").latest("id")
     assert forever.ban_permanent and forever.banned_until is None
@@ -225,7 +237,7 @@ def test_an_automatic_ban_never_shortens_a_longer_ban(conversation, user, mod):
     until = timezone.now() + timedelta(days=30)
     moderation.user_ban(user, until=until, permanent=False, reason="manual", actor=mod)
     moderation.decide(queued(conversation, 3), action=A.CONFIRM, actor=mod)
-    assert moderation.active_ban(user).until == until
+    assert ban_of(user).until == until
     assert ModerationDecision.objects.get(action="auto_ban").banned_until == until
 
 
@@ -293,7 +305,7 @@ def test_an_expired_ban_is_not_in_force(user, mod):
 def test_active_ban_is_one_query(user, mod, django_assert_num_queries):
     moderation.user_ban(user, until=None, permanent=True, reason="gone", actor=mod)
     with django_assert_num_queries(1):
-        assert moderation.active_ban(user.pk).permanent
+        assert ban_of(user.pk).permanent
 
 
 # --- the audit trail is append-only -------------------------------------------------------------
@@ -313,8 +325,8 @@ def test_a_saved_decision_cannot_be_changed_or_deleted(conversation, mod):
 
 
 def test_character_approval_and_rejection_are_recorded(mod):
-    owner = UserFactory(username="author")
-    good, bad = CharacterFactory(owner=owner), CharacterFactory(owner=owner)
+    owner = make_user(username="author")
+    good, bad = make_character(owner=owner), make_character(owner=owner)
     assert moderation.character_approve([good], actor=mod) == 1
     assert moderation.character_reject([bad], actor=mod, reason="sexual persona") == 1
     assert Character.objects.get(pk=good.pk).approval == "approved"

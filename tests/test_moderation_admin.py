@@ -21,8 +21,16 @@ from messages_app.models import (
     UserStanding,
 )
 from messages_app.services import conversation_create
-from tests.factories import CharacterFactory, UserFactory
-from tests.moderation_helpers import make_moderator, queued, reply
+from tests.moderation_helpers import (
+    ban_of,
+    make_character,
+    make_moderator,
+    make_user,
+    message_of,
+    queued,
+    reply,
+    until_of,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,7 +92,7 @@ def test_the_queue_filters_by_category_on_the_running_database(mod_client, conve
 def test_the_queue_filters_by_score_user_character_date_state_and_source(
     mod_client, conversation, other_user, mod
 ):
-    other_character = CharacterFactory(name="Other Character")
+    other_character = make_character(name="Other Character")
     theirs = conversation_create(owner=other_user, character=other_character)
     (low,) = queued(conversation, score=0.35)
     (high,) = queued(conversation, score=0.95)
@@ -132,7 +140,7 @@ def test_moderator_approves_confirms_and_warns_many_items_at_once(
     assert act(mod_client, QUEUE, "warn_items", items[4:]).status_code == 302
     states = dict(ReviewItem.objects.values_list("pk", "state"))
     assert [states[i.pk] for i in items] == ["approved"] * 2 + ["confirmed"] * 2 + ["warned"] * 2
-    assert Message.objects.get(pk=items[0].message_id).status == "completed"
+    assert message_of(items[0]).status == "completed"
     record = UserStanding.objects.get(pk=user.pk)
     assert (record.violation_score, record.warnings) == (4, 2)
     assert ModerationDecision.objects.filter(actor=mod).count() == 6
@@ -151,13 +159,13 @@ def test_ban_asks_for_a_duration_and_a_reason_then_bans(mod_client, conversation
     assert missing.status_code == 200 and moderation.active_ban(user) is None
     done = act(mod_client, QUEUE, "ban_users", items, post="yes", duration="7d", reason="spam")
     assert done.status_code == 302
-    ban = moderation.active_ban(user)
-    assert ban is not None and ban.reason == "spam" and not ban.permanent
-    assert ban.until > timezone.now() + timedelta(days=6, hours=23)
+    ban = ban_of(user)
+    assert ban.reason == "spam" and not ban.permanent
+    assert until_of(ban) > timezone.now() + timedelta(days=6, hours=23)
     rows = ModerationDecision.objects.filter(action="ban")
     assert rows.count() == 2 and {r.actor for r in rows} == {mod}
     act(mod_client, QUEUE, "ban_users", items[:1], post="yes", duration="forever", reason="again")
-    assert moderation.active_ban(user).permanent
+    assert ban_of(user).permanent
 
 
 def test_standings_ban_and_unban(mod_client, conversation, user, mod):
@@ -175,7 +183,7 @@ def test_standings_ban_and_unban(mod_client, conversation, user, mod):
         duration="1h",
         reason="cool off",
     )
-    assert moderation.active_ban(user).reason == "cool off"
+    assert ban_of(user).reason == "cool off"
     assert ids_in(mod_client.get(STANDINGS, {"ban": "active"})) == {user.pk}
     act(mod_client, STANDINGS, "unban_standing_users", [standing], post="yes", reason="ok")
     assert moderation.active_ban(user) is None
@@ -187,9 +195,9 @@ def test_standings_ban_and_unban(mod_client, conversation, user, mod):
 
 
 def test_moderator_approves_and_rejects_characters_but_cannot_edit_them(mod_client, mod):
-    owner = UserFactory(username="author")
-    good = CharacterFactory(name="Good", owner=owner)
-    bad = CharacterFactory(name="Bad", owner=owner)
+    owner = make_user(username="author")
+    good = make_character(name="Good", owner=owner)
+    bad = make_character(name="Bad", owner=owner)
     listing = mod_client.get("/admin/messages_app/character/", {"approval__exact": "pending"})
     assert listing.status_code == 200 and b"Good" in listing.content
     act(mod_client, "/admin/messages_app/character/", "approve_characters", [good])
@@ -220,9 +228,7 @@ def test_moderator_approves_and_rejects_characters_but_cannot_edit_them(mod_clie
 def test_the_audit_trail_is_readable_and_cannot_be_edited_by_anyone(who, conversation, mod):
     (decision,) = moderation.decide(queued(conversation), action="confirm", actor=mod, reason="r")
     user = (
-        mod
-        if who == "moderator"
-        else UserFactory(username="root", is_staff=True, is_superuser=True)
+        mod if who == "moderator" else make_user(username="root", is_staff=True, is_superuser=True)
     )
     client = Client()
     client.force_login(user)
@@ -265,7 +271,7 @@ def test_moderators_cannot_reach_other_models_or_change_read_only_ones(mod_clien
 
 
 def test_superuser_sets_limit_overrides_for_a_user_or_a_group(conversation, user):
-    root = UserFactory(username="root", is_staff=True, is_superuser=True)
+    root = make_user(username="root", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(root)
     assert client.get("/admin/messages_app/limitoverride/add/").status_code == 200
