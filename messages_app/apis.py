@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from messages_app import characters, selectors, services
+from messages_app import characters, moderation, selectors, services
 from messages_app.errors import InvalidInput
 from messages_app.models import Character, Conversation
 from messages_app.serializers import (
@@ -29,6 +29,7 @@ from messages_app.serializers import (
     MessageSendSerializer,
     MessageSerializer,
     RegenerateResultSerializer,
+    ReportSerializer,
     SendResultSerializer,
     WsTicketSerializer,
 )
@@ -277,6 +278,46 @@ class MessageFeedbackApi(APIView):
             comment=serializer.validated_data.get("comment", ""),
         )
         return Response(FeedbackSerializer(feedback).data, status=status.HTTP_201_CREATED)
+
+
+_REPORT_ERROR = inline_serializer(
+    "ReportError",
+    {
+        "error": inline_serializer(
+            "ReportErrorBody",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "details": serializers.DictField(),
+            },
+        )
+    },
+)
+
+
+class MessageReportApi(APIView):
+    """Report a message you can see to the moderators: one report per user and message."""
+
+    @extend_schema(
+        request=ReportSerializer,
+        responses={
+            201: ReportSerializer,
+            403: _REPORT_ERROR,
+            404: _REPORT_ERROR,
+            409: _REPORT_ERROR,
+        },
+        description="201: the message is in the moderators' queue. 403 `banned`: the caller "
+        "is banned (details: until, permanent, reason). 404: no such message of yours. "
+        "409 `already_reported`: you reported it before.",
+    )
+    def post(self, request: Request, message_id: int) -> Response:
+        message = selectors.message_get(user=request.user, message_id=message_id)
+        serializer = ReportSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        report = moderation.report_create(
+            message=message, reporter=request.user, reason=serializer.validated_data["reason"]
+        )
+        return Response(ReportSerializer(report).data, status=status.HTTP_201_CREATED)
 
 
 class WsTicketApi(APIView):

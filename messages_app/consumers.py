@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from messages_app import events, selectors, services
+from messages_app import events, moderation, selectors, services
 from messages_app.accounts.revocation import account_group
 from messages_app.broadcast import conversation_group
 from messages_app.errors import InvalidInput, NotFound, RateLimited, ServiceError
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 # Application close codes: 4000 + the HTTP status the REST API would give.
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_BANNED = 4403
 CLOSE_NOT_FOUND = 4404
 
 
@@ -63,6 +64,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         # Deactivating or deleting the user closes this socket (account_revoked).
         self.user_group = account_group(user.pk)
         await self.channel_layer.group_add(self.user_group, self.channel_name)
+        # Read after joining, as below: a ban committed after the join reaches account_banned.
+        ban = await database_sync_to_async(moderation.active_ban)(user.pk)
+        if ban is not None:
+            await self._banned(ban.as_details())
+            return
         try:
             conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
             # Read after joining the user's group, so a deactivation committed before the
@@ -107,6 +113,17 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             self.group = ""  # frames that still arrive are not handled
         await self._error("not_authenticated", "This account is no longer active.")
         await self.close(code=CLOSE_UNAUTHORIZED)
+
+    async def account_banned(self, event: dict[str, Any]) -> None:
+        """The user was banned: say until when, then close with 4403."""
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = ""  # frames that still arrive are not handled
+        await self._banned(event["ban"])
+
+    async def _banned(self, details: dict[str, Any]) -> None:
+        await self.send_json(events.error("banned", "This account is banned.", details))
+        await self.close(code=CLOSE_BANNED)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.group:

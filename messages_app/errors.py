@@ -56,6 +56,13 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class Banned(ServiceError):
+    """The user is banned: details {until: ISO 8601 or null, permanent: bool, reason: str}."""
+
+    status_code: int = status.HTTP_403_FORBIDDEN
+    code = "banned"
+
+
 class Unavailable(ServiceError):
     status_code: int = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "unavailable"

@@ -8,7 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from messages_app.models import Character, Conversation, Feedback, Message
+from messages_app.models import Character, Conversation, Feedback, Message, Report
 
 
 class UsageSerializer(serializers.Serializer[Any]):
@@ -247,3 +247,13 @@ class FeedbackSerializer(serializers.ModelSerializer[Feedback]):
 class WsTicketSerializer(serializers.Serializer[Any]):
     ticket = serializers.CharField()
     expires_in = serializers.IntegerField()
+
+
+class ReportSerializer(serializers.ModelSerializer[Report]):
+    message_id = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Report
+        fields = ["id", "message_id", "reason", "created_at"]
+        read_only_fields = ["id", "message_id", "created_at"]
+        extra_kwargs = {"reason": {"max_length": 2000, "allow_blank": False}}

@@ -35,5 +35,10 @@ urlpatterns = [
         apis.MessageFeedbackApi.as_view(),
         name="message-feedback",
     ),
+    path(
+        "messages/<int:message_id>/report/",
+        apis.MessageReportApi.as_view(),
+        name="message-report",
+    ),
     path("", include(router.urls)),
 ]

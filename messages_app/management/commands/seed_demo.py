@@ -1,4 +1,5 @@
-"""`manage.py seed_demo`: the demo user and characters of the embedded run. Safe to run again."""
+"""`manage.py seed_demo`: the demo user, the demo moderator and the characters of the embedded
+run. Safe to run again."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from messages_app.models import Character
+from messages_app.moderation import moderators_group_ensure
 
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password"  # noqa: S105  (the documented local demo login)
+# Staff (to log in to the admin) in the Moderators group; not a superuser.
+MODERATOR_USERNAME = "moderator"
+MODERATOR_PASSWORD = "moderator-password"  # noqa: S105  (the documented local demo login)
 
 CHARACTERS = [
     {
@@ -41,7 +46,7 @@ CHARACTERS = [
 
 
 class Command(BaseCommand):
-    help = "Create the demo user and public demo characters (idempotent)."
+    help = "Create the demo user, the demo moderator and public demo characters (idempotent)."
 
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
@@ -49,6 +54,13 @@ class Command(BaseCommand):
         if created or not user.has_usable_password():
             user.set_password(DEMO_PASSWORD)
             user.save()
+        moderator, created = User.objects.get_or_create(username=MODERATOR_USERNAME)
+        if created or not moderator.has_usable_password():
+            moderator.set_password(MODERATOR_PASSWORD)
+        moderator.is_staff = True
+        moderator.is_superuser = False
+        moderator.save()
+        moderator.groups.add(moderators_group_ensure())
         for spec in CHARACTERS:
             Character.objects.update_or_create(
                 name=spec["name"],
@@ -56,5 +68,7 @@ class Command(BaseCommand):
                 defaults={**spec, "is_public": True, "approval": Character.Approval.APPROVED},
             )
         self.stdout.write(
-            f"demo user: {DEMO_USERNAME} / {DEMO_PASSWORD}; {len(CHARACTERS)} demo characters"
+            f"demo user: {DEMO_USERNAME} / {DEMO_PASSWORD}; "
+            f"demo moderator (admin at /admin/): {MODERATOR_USERNAME} / {MODERATOR_PASSWORD}; "
+            f"{len(CHARACTERS)} demo characters"
         )
