@@ -230,8 +230,9 @@ async def stream_unless_cancelled(
 ) -> None:
     """stream_with_fallback, stopped (and the provider stream closed) by a cancel: raises
     Cancelled then; or by a live content check that flags the reply: raises Blocked. Once
-    the stream has ended, the whole reply is checked (Blocked). `asked` is called once the stream has had its first turn on the loop
-    (over a kept-alive connection, the request is then written)."""
+    the stream has ended, the whole reply is checked (Blocked). `asked` is called once the
+    stream has had its first turn on the loop (over a kept-alive connection, the request is
+    then written)."""
     stream_key = generation.message.stream_key
     watcher = cancel_watcher()
     # The LLM is asked first; the rest (the caller's bookkeeping, the cancel flag) is done

@@ -55,7 +55,9 @@ class OutputMonitor:
         """Called after each published delta: maybe start a check of the text so far."""
         if self.verdict is not None or (self.pending is not None and not self.pending.done()):
             return
-        if seq - self.checked_seq >= self.every or (piece and piece.rstrip(" ")[-1:] in _SENTENCE_ENDS):
+        if seq - self.checked_seq >= self.every or (
+            piece and piece.rstrip(" ")[-1:] in _SENTENCE_ENDS
+        ):
             self.checked_seq = seq
             self.pending = asyncio.ensure_future(self._check("".join(parts)))
 

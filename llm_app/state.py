@@ -20,9 +20,9 @@ from llm_app.services import generation_requeue
 from messages_app import events
 from messages_app.broadcast import send_event
 from messages_app.models import Character, Conversation, Message, ReviewItem
+from messages_app.replies import ReplyEnd, reply_end
 from messages_app.safety.categories import Verdict
 from messages_app.safety_flow import safety_record
-from messages_app.replies import ReplyEnd, reply_end
 from messages_app.selectors import Turn
 from messages_app.streams import log_read_sync
 from messageservice import rows

@@ -37,6 +37,7 @@ from messages_app.models import (
     UserStanding,
     subject_digest,
 )
+from messages_app.safety.categories import CATEGORIES
 
 # --- intermediate pages of actions (as Django's delete_selected) ------------------------------
 
@@ -251,11 +252,11 @@ class CategoryFilter(admin.SimpleListFilter):
     parameter_name = "category"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(c, c) for c in moderation.CATEGORIES]
+        return [(c, c) for c in CATEGORIES]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
-        if value not in moderation.CATEGORIES:
+        if value not in CATEGORIES:
             return queryset
         return queryset.annotate(_categories_text=Cast("categories", TextField())).filter(
             _categories_text__contains=json.dumps(value)

@@ -50,24 +50,6 @@ from messages_app.models import (
 
 logger = logging.getLogger(__name__)
 
-# The 13 OpenAI omni-moderation categories, as messages_app.safety.categories.CATEGORIES names
-# them (kept here too so that the queue does not depend on the classifier's package).
-CATEGORIES: tuple[str, ...] = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-)
-
 Action = ModerationDecision.Action
 # What one confirmed item adds to its user's violation score.
 VIOLATION_WEIGHT = 1.0

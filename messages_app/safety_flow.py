@@ -32,7 +32,8 @@ def input_check_start(content: str) -> PendingCheck | None:
     try:
         return submit(content, kind="input")
     except (SafetyUnavailable, redis.RedisError) as exc:
-        return _unchecked(exc)
+        _unchecked(exc)
+        return None
 
 
 def input_verdict(pending: PendingCheck | None) -> Verdict | None:
@@ -44,7 +45,8 @@ def input_verdict(pending: PendingCheck | None) -> Verdict | None:
     try:
         return pending.result()
     except (SafetyUnavailable, redis.RedisError) as exc:
-        return _unchecked(exc)
+        _unchecked(exc)
+        return None
 
 
 def _unchecked(exc: Exception) -> None:

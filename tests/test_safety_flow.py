@@ -128,7 +128,10 @@ def test_an_edit_is_checked_too(api, conversation, filtering, fake_llm):
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "content_blocked"
     edited = Message.objects.get(pk=response.json()["error"]["details"]["message_id"])
-    assert edited.status == "blocked" and edited.parent_id == conversation.active_leaf.parent_id
+    original = Message.objects.get(pk=sent["user_message"]["id"])
+    assert (edited.status, edited.content) == ("blocked", INSULT)
+    assert edited.parent_id == original.parent_id, "a sibling of the edited message"
+    assert not edited.children.exists()
 
 
 def test_with_no_answer_from_the_safety_worker_the_send_is_503_and_nothing_is_saved(

@@ -72,7 +72,6 @@ def parse_request(raw: bytes) -> Request | None:
         return None
 
 
-
 def heartbeat_key(hostname: str, pid: int) -> str:
     """The key a running safety worker on `hostname` keeps alive."""
     return f"{requests_key()}:worker:{hostname}:{pid}"
