@@ -1,6 +1,8 @@
 """The system under test as real processes: redis-server, the fake LLM, ONE web server process
 (daphne, or uvicorn with `server="uvicorn"`) serving messageservice.asgi:application, ONE llm
-worker. The web server's process is named "web".
+worker, and with content filtering on ONE safety worker (`manage.py safety_worker`, the only
+process that loads the classifier). The web server's process is named "web", the safety
+worker's "safety".
 
 Every process is started in a session of its own (so a Ctrl-C reaches only the orchestrator,
 which then stops them in order) and is stopped by its own process group id in `Stack.stop()`.
@@ -33,6 +35,27 @@ ASGI_APP = "messageservice.asgi:application"
 # messageservice/settings.py's default WS_MAX_MESSAGE_BYTES. daphne enforces it inside the
 # app's factories (messageservice/request_limits.py); uvicorn gets it as --ws-max-size.
 WS_MAX_MESSAGE_BYTES_DEFAULT = 64 * 1024
+SERVICE_PROCESSES = ("web", "worker", "safety")
+# What the safety worker logs once its backend is loaded and it listens (assumed until the
+# safety worker is merged; see Stack._safety_ready).
+SAFETY_READY_LINE = b"safety worker ready"
+# With rate limits on, limits no bench send can reach: every send still runs the whole
+# admission script (windows, in-flight slot, token quota), but none is refused. 0 would mean
+# "unlimited" and could skip the script. The bursts send 50 at once from 10 users.
+BENCH_LIMITS = {
+    "MAX_MESSAGES_PER_MINUTE": "1000000",
+    "MAX_MESSAGES_PER_HOUR": "10000000",
+    "MAX_MESSAGES_PER_DAY": "100000000",
+    "MAX_REPLIES_IN_FLIGHT": "1000",
+    "DAILY_TOKEN_QUOTA": "1000000000000",
+}
+# The guard configurations: (content filtering, rate limits).
+GUARDS = {
+    "off": (False, False),
+    "safety": (True, False),
+    "limits": (False, True),
+    "on": (True, True),
+}
 
 
 def free_port() -> int:
@@ -88,7 +111,19 @@ class StackConfig:
     partial_save_interval: float = 1.0
     server: str = "daphne"
     uvicorn_ws: str = "websockets"
+    # As deployed: both guards on (ENABLE_CONTENT_FILTERING, ENABLE_RATE_LIMITS).
+    content_filtering: bool = True
+    rate_limits: bool = True
     log_dir: Path = ROOT / "bench" / "out" / "logs"
+
+    @property
+    def guards(self) -> str:
+        """The name of this guard configuration in GUARDS ("on", "off", "safety", "limits")."""
+        return next(
+            name
+            for name, (safety, limits) in GUARDS.items()
+            if (safety, limits) == (self.content_filtering, self.rate_limits)
+        )
 
 
 @dataclass
@@ -143,6 +178,9 @@ class Stack:
             "MAX_CONCURRENT_LLM_REQUESTS": str(cfg.max_concurrent_llm_requests),
             "PARTIAL_SAVE_INTERVAL_SECONDS": str(cfg.partial_save_interval),
             "PYTHONUNBUFFERED": "1",
+            "ENABLE_CONTENT_FILTERING": "true" if cfg.content_filtering else "false",
+            "ENABLE_RATE_LIMITS": "true" if cfg.rate_limits else "false",
+            **(BENCH_LIMITS if cfg.rate_limits else {}),
         }
         self.env.pop("MONGODB_URL", None)
 
@@ -182,6 +220,11 @@ class Stack:
         self._spawn("worker", [sys.executable, "manage.py", "rqworker", "llm"])
         self._wait("worker", self._worker_listening, 60)
 
+        if cfg.content_filtering:
+            # Before any send: with filtering on and no safety worker, every send is refused.
+            self._spawn("safety", [sys.executable, "manage.py", "safety_worker"])
+            self._wait("safety", self._safety_ready, 120)
+
     def web_command(self) -> list[str]:
         """One web server process on HOST:port, serving the ASGI app.
 
@@ -204,9 +247,9 @@ class Stack:
         ]  # fmt: skip
 
     def stop(self) -> None:
-        """Stop the worker first (it finishes running replies), then the web server, the LLM,
-        Redis."""
-        for name in ("worker", "web", "fake_llm", "redis"):
+        """Stop the worker first (it finishes running replies; their live output checks need
+        the safety worker), then the safety worker, the web server, the LLM, Redis."""
+        for name in ("worker", "safety", "web", "fake_llm", "redis"):
             proc = self.procs.get(name)
             if proc is not None:
                 _terminate(proc, timeout=20 if name == "worker" else 10)
@@ -259,6 +302,11 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
 
+    def service_pids(self) -> dict[str, int]:
+        """The service's own processes, whose CPU a reply costs: the web server, the llm
+        worker and, with filtering on, the safety worker."""
+        return {name: pid for name, pid in self.pids().items() if name in SERVICE_PROCESSES}
+
     def check_alive(self) -> None:
         for proc in self.procs.values():
             if not proc.alive():
@@ -307,6 +355,15 @@ class Stack:
             return False
         finally:
             client.close()
+
+    def _safety_ready(self) -> bool:
+        """The safety worker logged SAFETY_READY_LINE (its backend is loaded, it listens)."""
+        proc = self.procs["safety"]
+        proc.log_file.flush()
+        try:
+            return SAFETY_READY_LINE in proc.log_path.read_bytes().lower()
+        except OSError:
+            return False
 
     def _worker_listening(self) -> bool:
         client = self._redis()
