@@ -135,7 +135,8 @@ class ServiceClient:
 
     def count_guard(self, code: str) -> None:
         """Count a websocket answer of a guard (a code of GUARD_STATUS, or any error code)."""
-        self.rejections[f"ws {code}"] += 1
+        status = GUARD_STATUS.get(code)
+        self.rejections[f"ws {code}" + (f" ({status})" if status else "")] += 1
 
     def _count_http(self, status: int, body: Any) -> None:
         if status in REJECTED_HTTP:

@@ -1036,7 +1036,7 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
         "",
         "```bash",
         ".venv/bin/pip install -r requirements-dev.txt -r requirements-bench.txt",
-        ".venv/bin/python -m bench.run                 # everything (~12 min); writes this file",
+        ".venv/bin/python -m bench.run                 # everything (~13 min); writes this file",
         ".venv/bin/python -m bench.run --quick         # small smoke run, report in bench/out/",
         ".venv/bin/python -m bench.run --only ttft --requests 100",
         ".venv/bin/python -m bench.run --only history --history-lengths 1,10,50,100 --history-requests 12",
