@@ -773,8 +773,9 @@ def _guards_section(data: dict[str, Any]) -> list[str]:
         f"| guards | one at a time | Δ | {size} at once | Δ | websocket connect | seq check |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    base = configs.get("off") or {}
     for name, entry in configs.items():
+        # The baseline's own row: no difference.
+        base = {} if name == "off" else configs.get("off") or {}
         seq_cpu = _get(entry, "sequential", "cpu_per_reply_ms")
         burst_cpu = _get(entry, "burst", "cpu_per_reply_ms")
         checks = [_get(entry, part, "check") or {} for part in ("sequential", "burst")]
@@ -787,6 +788,22 @@ def _guards_section(data: dict[str, Any]) -> list[str]:
             f" {checks[0].get('ok', 0)}/{checks[0].get('streams', 0)},"
             f" {checks[1].get('ok', 0)}/{checks[1].get('streams', 0)} |"
         )
+    lines += [
+        "",
+        "Where the time to first token goes, p50 ms, one at a time / at once (a guard's"
+        " input check or admission shows in send → message.created):",
+        "",
+        "| guards | send → message.created | message.created → generation.started |"
+        " generation.started → first delta |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, entry in configs.items():
+        cells = [
+            f"{fmt_ms(_get(entry, 'sequential', 'stages', key, 'p50'))} /"
+            f" {fmt_ms(_get(entry, 'burst', 'stages', key, 'p50'))}"
+            for key in ("send_to_created_ms", "created_to_started_ms", "started_to_first_delta_ms")
+        ]
+        lines.append(f"| {GUARD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     lines += ["", *_rss_by_kind(data), ""]
     idle = series.get("idle_cpu_ms_per_s") or {}
     if idle:
