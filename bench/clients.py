@@ -9,12 +9,34 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 TERMINAL = ("generation.completed", "generation.failed", "generation.cancelled")
+# What the guards answer, by websocket code, with their REST status (issue 9). The bench sets
+# limits no send can reach and sends harmless text: any of these is a bench failure.
+GUARD_STATUS = {
+    "rate_limited": 429,
+    "content_blocked": 422,
+    "safety_unavailable": 503,
+    "banned": 403,
+    "safety.flagged": None,  # a reply stopped by the live output check
+}
+REJECTED_HTTP = (403, 422, 429, 503)
+
+
+def guard_answer(frame: dict[str, Any]) -> str | None:
+    """The code of a frame that refuses or stops a send (a `rate_limited` frame, an `error`
+    frame's code, `safety.flagged`); None for any other frame."""
+    kind = frame.get("type")
+    if kind in ("rate_limited", "safety.flagged"):
+        return str(kind)
+    if kind == "error":
+        return str((frame.get("error") or {}).get("code") or "error")
+    return None
 
 
 class BenchError(Exception):
@@ -39,6 +61,7 @@ class StreamRecord:
     final: dict[str, Any] | None = None  # the terminal frame's message
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    guard: str | None = None  # guard_answer() of a frame that refused or stopped this send
 
     @property
     def ttft_ms(self) -> float | None:
@@ -91,6 +114,7 @@ class StreamRecord:
             "server_timings": (self.final or {}).get("timings"),
             "error": self.error,
             "notes": self.notes,
+            "guard": self.guard,
         }
 
 
@@ -106,6 +130,18 @@ class ServiceClient:
         self.web_url = web_url
         self.ws_url = ws_url
         self.origin = web_url
+        # Refusals met, as "ws <code>" or "HTTP <status> <code>": see count_guard().
+        self.rejections: Counter[str] = Counter()
+
+    def count_guard(self, code: str) -> None:
+        """Count a websocket answer of a guard (a code of GUARD_STATUS, or any error code)."""
+        status = GUARD_STATUS.get(code)
+        self.rejections[f"ws {code}" + (f" ({status})" if status else "")] += 1
+
+    def _count_http(self, status: int, body: Any) -> None:
+        if status in REJECTED_HTTP:
+            code = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
+            self.rejections[f"HTTP {status} {code or '?'}"] += 1
 
     async def login(self, username: str, password: str) -> str:
         async with self.session.post(
@@ -114,6 +150,7 @@ class ServiceClient:
         ) as resp:
             body = await resp.json()
             if resp.status != 200:
+                self._count_http(resp.status, body)
                 raise BenchError(f"login {username}: HTTP {resp.status} {body}")
             return str(body["access"])
 
@@ -123,6 +160,7 @@ class ServiceClient:
         ) as resp:
             body = await resp.json()
             if resp.status not in (200, 201):
+                self._count_http(resp.status, body)
                 raise BenchError(f"ws ticket: HTTP {resp.status} {body}")
             return str(body["ticket"])
 
@@ -209,7 +247,12 @@ async def service_stream(
                         record.end_type = kind
                         record.final = frame.get("message")
                         return record
+                elif kind == "safety.flagged":
+                    # The reply was stopped; its end event follows.
+                    record.guard = "safety.flagged"
+                    record.notes.append("safety.flagged")
                 elif kind in ("error", "rate_limited"):
+                    record.guard = guard_answer(frame)
                     raise BenchError(f"server sent {frame}")
     except (BenchError, TimeoutError, aiohttp.ClientError, ValueError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"

@@ -55,6 +55,8 @@ def seed(
             "persona": "A concise character used by the streaming benchmark.",
             "greeting": "Hello! I am the benchmark character. Ask me anything.",
             "is_public": True,
+            # Others see a public character only once approved (issue 9).
+            "approval": Character.Approval.APPROVED,
         },
     )
     made = []

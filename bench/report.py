@@ -207,9 +207,10 @@ def _cpu_cell(cpu: dict[str, Any] | None, server: str) -> str:
     cpu = cpu or {}
     if not cpu.get("items"):
         return "n/a"
+    safety = f"; safety worker {fmt_ms(cpu['safety'])} more" if "safety" in cpu else ""
     return (
         f"{fmt_ms(cpu.get('web+worker'))} ms ({server} {fmt_ms(cpu.get('web'))},"
-        f" worker {fmt_ms(cpu.get('worker'))}; {cpu['items']} replies)"
+        f" worker {fmt_ms(cpu.get('worker'))}{safety}; {cpu['items']} replies)"
     )
 
 
@@ -277,6 +278,14 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
     else:
         rows.append(["7", "1,000 dropped-and-resumed streams",
                      "0 gaps, 0 dups, 0 reorders, text = saved", "n/a", "not run"])  # fmt: skip
+    checks = guard_checks(results)
+    for guard, what, target, measured, verdict in checks:
+        rows.append(["8", f"{guard}: {what}", target, measured,
+                     {"PASS": "**pass**", "FAIL": "**miss**"}.get(verdict, verdict)])  # fmt: skip
+    if not checks:
+        rows.append(["8", "Content filtering and rate limits, each vs both off: added TTFT p50"
+                     " one at a time, and at 50 streams", "≤ +1 ms; not worse", "n/a",
+                     "not run"])  # fmt: skip
     return rows
 
 
@@ -536,6 +545,335 @@ def _servers_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+# --- guards on and off (issue 9) -------------------------------------------------------------
+GUARD_LABELS = {
+    "off": "both off",
+    "safety": "content filtering only",
+    "limits": "rate limits only",
+    "on": "both on (as deployed)",
+}
+# Issue 9: each guard may add at most 1 ms to added TTFT p50 one at a time; at 50 streams
+# neither may make added TTFT worse.
+GUARD_SEQ_BUDGET_MS = 1.0
+GUARD_BUDGETED = ("safety", "limits")
+PROCESS_LABELS = {"web": "web server", "worker": "llm worker", "safety": "safety worker"}
+
+
+def _guards(data: dict[str, Any]) -> dict[str, Any]:
+    series = data.get("guards")
+    return series if isinstance(series, dict) and series.get("configs") else {}
+
+
+def _interval(diff: dict[str, Any] | None) -> str:
+    interval = (diff or {}).get("p50_interval95")
+    if not interval:
+        return ""
+    return f" (95 % {interval[0]:+.1f} … {interval[1]:+.1f})"
+
+
+def guard_checks(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The issue's budget for each guard, as measured: (guard, what, target, measured,
+    PASS/FAIL).
+
+    One at a time: PASS if the guard's added TTFT p50 minus both-off's is ≤ +1 ms. At the
+    largest burst: PASS unless the run shows the guard's added TTFT p50 above both-off's
+    beyond its noise, i.e. FAIL only if the whole 95 % bootstrap interval of the difference
+    is above 0."""
+    series = _guards(normalize(results))
+    configs = series.get("configs") or {}
+    rows: list[tuple[str, str, str, str, str]] = []
+    if "off" not in configs:
+        return rows
+    size = _get(configs["off"], "burst", "streams") or LOAD_STREAMS
+    for name in GUARD_BUDGETED:
+        diff = _get(configs.get(name) or {}, "vs_off") or {}
+        if not diff:
+            continue
+        label = GUARD_LABELS[name]
+        seq = diff.get("sequential") or {}
+        value = seq.get("p50")
+        verdict = "n/a" if value is None else "PASS" if value <= GUARD_SEQ_BUDGET_MS else "FAIL"
+        rows.append(
+            (
+                label,
+                "added TTFT p50 one at a time, minus both off's",
+                f"≤ +{GUARD_SEQ_BUDGET_MS:g} ms",
+                f"{_plus(value)} ms{_interval(seq)}",
+                verdict,
+            )
+        )
+        burst = diff.get("burst") or {}
+        value = burst.get("p50")
+        interval = burst.get("p50_interval95")
+        if value is None:
+            verdict = "n/a"
+        elif value <= 0 or (interval and interval[0] <= 0):
+            verdict = "PASS"
+        else:
+            verdict = "FAIL"
+        rows.append(
+            (
+                label,
+                f"added TTFT p50 at {size} streams at once, minus both off's",
+                "not worse (≤ 0 within noise)",
+                f"{_plus(value)} ms{_interval(burst)}",
+                verdict,
+            )
+        )
+    return rows
+
+
+def _cpu_total(cpu: dict[str, Any] | None) -> float | None:
+    cpu = cpu or {}
+    if not cpu.get("items"):
+        return None
+    value = cpu.get("web+worker+safety", cpu.get("web+worker"))
+    return None if value is None else float(value)
+
+
+def _cpu_parts(cpu: dict[str, Any] | None) -> str:
+    cpu = cpu or {}
+    total = _cpu_total(cpu)
+    if total is None:
+        return "n/a"
+    parts = [fmt_ms(cpu.get("web")), fmt_ms(cpu.get("worker"))]
+    if "safety" in cpu:
+        parts.append(fmt_ms(cpu.get("safety")))
+    return f"{total:.1f} ({' / '.join(parts)})"
+
+
+def _diff(value: float | None, base: float | None) -> str:
+    return "–" if value is None or base is None else _plus(value - base)
+
+
+def guards_table(results: dict[str, Any]) -> list[str]:
+    """The added TTFT per guard configuration and its difference from both off (markdown)."""
+    series = _guards(normalize(results))
+    configs = series.get("configs") or {}
+    if not configs:
+        return []
+    size = next(iter(configs.values()))["burst"]["streams"]
+    lines = [
+        f"| guards | added TTFT p50, one at a time | p95 | Δ p50 vs both off | Δ p95 |"
+        f" added TTFT p50, {size} at once | p95 | Δ p50 vs both off | Δ p95 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in configs.items():
+        cells = [GUARD_LABELS.get(name, name)]
+        for part in ("sequential", "burst"):
+            diff = _get(entry, "vs_off", part) or {}
+            cells += [
+                fmt_ms(_get(entry, part, "ttft", "added_ms", "p50")),
+                fmt_ms(_get(entry, part, "ttft", "added_ms", "p95")),
+                (f"{_plus(diff.get('p50'))}{_interval(diff)}" if diff else "–"),
+                _plus(diff.get("p95")) if diff else "–",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def guards_console(results: dict[str, Any]) -> list[str]:
+    """The guards table and the budget checks, for the terminal."""
+    table = guards_table(results)
+    if not table:
+        return []
+    checks = [f"{g}: {w}: {m} (target {t}) → {v}" for g, w, t, m, v in guard_checks(results)]
+    return ["guards on and off (ms):", *table, *checks]
+
+
+def rejections(results: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Guard refusals (and replies stopped by the output check) the bench met, per stack."""
+    data = normalize(results)
+    found: dict[str, dict[str, int]] = {}
+    runs = [("main", data), ("compare", data.get("compare") or {})]
+    runs += [
+        (f"guards {name}", entry) for name, entry in (_guards(data).get("configs") or {}).items()
+    ]
+    for label, run in runs:
+        counts = {k: int(v) for k, v in (run.get("rejections") or {}).items() if v}
+        if counts:
+            found[label] = counts
+    return found
+
+
+def _rejections_lines(data: dict[str, Any]) -> list[str]:
+    found = rejections(data)
+    counted = "rejections" in data or bool(_guards(data))
+    if not counted:
+        return []
+    if not found:
+        return [
+            "Guard refusals met by the bench: **none** (no 429, 422, 503 or 403, on REST or"
+            " as a websocket frame, and no reply stopped by the output check).",
+        ]
+    return [
+        "**Guard refusals met by the bench (a bench failure: every send should pass):** "
+        + "; ".join(
+            f"{label}: " + ", ".join(f"{code} × {n}" for code, n in counts.items())
+            for label, counts in found.items()
+        )
+        + ".",
+    ]
+
+
+def _guards_section(data: dict[str, Any]) -> list[str]:
+    series = _guards(data)
+    if not series:
+        return []
+    configs = series["configs"]
+    names = list(configs)
+    size = next(iter(configs.values()))["burst"]["streams"]
+    rounds = _n(next(iter(configs.values()))["burst"]["rounds"], "round")
+    limits = data["meta"].get("bench_limits") or {}
+    order = series.get("order") or []
+    lines = [
+        "### 9. Guards on and off (issue 9)",
+        "",
+        f"One stack per configuration ({', '.join(GUARD_LABELS.get(n, n) for n in names)}),"
+        f" each as the main one (one {series.get('server', 'daphne')}, one llm worker, and with"
+        " content filtering a safety worker), all started before anything was measured and"
+        f" kept running; then {series['requests']} requests one at a time per configuration"
+        f" (after {series['warmup']} warm-ups) and {rounds} of {size} streams at once"
+        " (after 1 warm-up round), sent to the configurations in turn: request or round k goes"
+        " to them in the order of row k of a Williams square ("
+        + "; ".join(" → ".join(row) for row in order)
+        + "), so each is sent first, second, … equally often and right after each other one"
+        " equally often, and a drift of the machine's load hits all alike. Every send goes out"
+        " right after its websocket connected (the main run's sequential figures mix that with"
+        " sends on a connection open ~1 s). The direct requests to the fake LLM, the TTFT"
+        " baseline, are shared by all configurations (after every other request round, and"
+        " after each burst round, to each stack's fake LLM in turn): a difference between two"
+        " configurations is the difference of their service TTFTs, whatever the baseline."
+        f" Took {series['seconds_sequential']:.0f} s one at a time, {series['seconds_burst']:.0f}"
+        f" s for the bursts, {series['seconds']:.0f} s with start-up.",
+        "",
+        "With rate limits on, the limits are set so that no bench send reaches one while every"
+        " send still runs the whole admission script: "
+        + ", ".join(f"{k}={v}" for k, v in limits.items())
+        + ".",
+        "",
+        "Added TTFT, ms (Δ: this configuration minus both off; in brackets the 95 % bootstrap"
+        " interval of the p50 difference):",
+        "",
+        *guards_table(data),
+        "",
+        "Budget (issue 9), computed from the figures above:",
+        "",
+        "| guard | what | target | measured | |",
+        "|---|---|---|---|---|",
+        *[f"| {g} | {w} | {t} | {m} | **{v}** |" for g, w, t, m, v in guard_checks(data)],
+        "",
+        "Rule: one at a time, PASS if the measured difference of the p50s is at most +1 ms."
+        f" At {size} streams, FAIL only if the whole 95 % interval of the difference is above"
+        " 0 (a worsening the run can tell from its noise), else PASS.",
+        "",
+        "CPU per reply, ms: web server + llm worker + safety worker (web / worker / safety),"
+        " and the difference from both off:",
+        "",
+        f"| guards | one at a time | Δ | {size} at once | Δ | websocket connect | seq check |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in configs.items():
+        # The baseline's own row: no difference.
+        base = {} if name == "off" else configs.get("off") or {}
+        seq_cpu = _get(entry, "sequential", "cpu_per_reply_ms")
+        burst_cpu = _get(entry, "burst", "cpu_per_reply_ms")
+        checks = [_get(entry, part, "check") or {} for part in ("sequential", "burst")]
+        lines.append(
+            f"| {GUARD_LABELS.get(name, name)} | {_cpu_parts(seq_cpu)} |"
+            f" {_diff(_cpu_total(seq_cpu), _cpu_total(_get(base, 'sequential', 'cpu_per_reply_ms')))}"
+            f" | {_cpu_parts(burst_cpu)} |"
+            f" {_diff(_cpu_total(burst_cpu), _cpu_total(_get(base, 'burst', 'cpu_per_reply_ms')))}"
+            f" | {_cpu_parts(_get(entry, 'sequential', 'cpu_per_connect_ms'))} |"
+            f" {checks[0].get('ok', 0)}/{checks[0].get('streams', 0)},"
+            f" {checks[1].get('ok', 0)}/{checks[1].get('streams', 0)} |"
+        )
+    lines += [
+        "",
+        "Where the time to first token goes, p50 ms, one at a time / at once (a guard's"
+        " input check or admission shows in send → message.created):",
+        "",
+        "| guards | send → message.created | message.created → generation.started |"
+        " generation.started → first delta |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, entry in configs.items():
+        cells = [
+            f"{fmt_ms(_get(entry, 'sequential', 'stages', key, 'p50'))} /"
+            f" {fmt_ms(_get(entry, 'burst', 'stages', key, 'p50'))}"
+            for key in ("send_to_created_ms", "created_to_started_ms", "started_to_first_delta_ms")
+        ]
+        lines.append(f"| {GUARD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += ["", *_rss_by_kind(data), ""]
+    idle = series.get("idle_cpu_ms_per_s") or {}
+    if idle:
+        lines += [
+            "CPU at rest, all stacks idle at once (ms/s; 10 ms ticks over 4 s): "
+            + "; ".join(
+                f"{GUARD_LABELS.get(n, n)}: "
+                + ", ".join(f"{PROCESS_LABELS.get(p, p)} {v}" for p, v in per.items())
+                for n, per in idle.items()
+            )
+            + ".",
+            "",
+        ]
+    return lines
+
+
+def _rss_by_kind(data: dict[str, Any]) -> list[str]:
+    """Peak RSS of each process kind during the series' burst, per guard configuration, and in
+    the main run's burst of the same size."""
+    configs = _guards(data).get("configs") or {}
+    load = _load_burst(data)
+    size = next(iter(configs.values()))["burst"]["streams"] if configs else load.get("streams")
+    columns = [
+        (GUARD_LABELS.get(name, name), _get(entry, "burst", "rss_peak_mib") or {})
+        for name, entry in configs.items()
+    ]
+    if load.get("rss_peak_mib") and load.get("streams") == size:
+        guards = data.get("guard_config") or data["meta"].get("guards", "on")
+        columns.append((f"main run ({GUARD_LABELS.get(guards, guards)})", load["rss_peak_mib"]))
+    if not columns:
+        return []
+    labels = {"web+worker": "web + llm worker", "web+worker+safety": "web + llm + safety"}
+    lines = [
+        f"Peak RSS per process kind (with its children), MiB, during {size} streams at once:",
+        "",
+        "| process | " + " | ".join(label for label, _ in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for key in ("web", "worker", "safety", "web+worker", "web+worker+safety"):
+        if any(key in peaks for _, peaks in columns):
+            lines.append(
+                f"| {PROCESS_LABELS.get(key) or labels[key]} | "
+                + " | ".join(fmt_ms(peaks[key]) if key in peaks else "–" for _, peaks in columns)
+                + " |"
+            )
+    return lines
+
+
+def _guards_setup(data: dict[str, Any]) -> str:
+    """How the main stack's guards ran, for the set-up paragraph."""
+    meta = data["meta"]
+    if "guards" not in meta:
+        return ""  # results of before issue 9: no guards
+    name = meta["guards"]
+    safety, limits = name in ("on", "safety"), name in ("on", "limits")
+    text = (
+        f", with content filtering {'on' if safety else 'off'} and rate limits"
+        f" {'on' if limits else 'off'}"
+    )
+    if safety:
+        text += " (and ONE `manage.py safety_worker`, the local classifier)"
+    if limits:
+        text += (
+            " (limits no bench send reaches: "
+            + ", ".join(f"{k}={v}" for k, v in (meta.get("bench_limits") or {}).items())
+            + ")"
+        )
+    return text
+
+
 def _stages(stages: dict[str, Any] | None) -> list[str]:
     if not stages:
         return []
@@ -643,6 +981,8 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
         "",
         *_code_lines(meta),
         "",
+        *_rejections_lines(data),
+        "",
         "## Machine",
         "",
         "| | |",
@@ -672,13 +1012,19 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
             else ""
         )
         + " serving `messageservice.asgi:application` and ONE `manage.py rqworker llm`"
-        " (MAX_CONCURRENT_REQUESTS=50, MAX_CONCURRENT_LLM_REQUESTS=100), a fresh SQLite database"
+        + _guards_setup(data)
+        + " (MAX_CONCURRENT_REQUESTS=50, MAX_CONCURRENT_LLM_REQUESTS=100), a fresh SQLite database"
         " (ENVIRONMENT=production, so DEBUG off, with keys of the run's own; LOG_LEVEL=WARNING,"
         " PARTIAL_SAVE_INTERVAL_SECONDS=1.0)."
         " The clients (aiohttp, one process, the orchestrator) share the 2 cores with all of them."
         + (
             f" Then the same on {compare.get('server')} for the comparison (section 7)."
             if compare
+            else ""
+        )
+        + (
+            " Then one stack per guard configuration, interleaved (section 9)."
+            if _guards(data)
             else ""
         ),
         "",
@@ -707,13 +1053,15 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
         "",
         "```bash",
         ".venv/bin/pip install -r requirements-dev.txt -r requirements-bench.txt",
-        ".venv/bin/python -m bench.run                 # everything (~8 min); writes this file",
+        ".venv/bin/python -m bench.run                 # everything (~13 min); writes this file",
         ".venv/bin/python -m bench.run --quick         # small smoke run, report in bench/out/",
         ".venv/bin/python -m bench.run --only ttft --requests 100",
         ".venv/bin/python -m bench.run --only history --history-lengths 1,10,50,100 --history-requests 12",
         ".venv/bin/python -m bench.run --only bursts --bursts 20,50 --rounds 3 --profile",
         ".venv/bin/python -m bench.run --only ttft,bursts --server uvicorn",
         ".venv/bin/python -m bench.run --only ttft,bursts --bursts 50 --compare-servers",
+        ".venv/bin/python -m bench.run --only ttft --bursts 50 --compare-guards --guard-requests 60",
+        ".venv/bin/python -m bench.run --only ttft --guards off   # a stack without the guards",
         ".venv/bin/python -m bench.run --only resume --resume-streams 1000 --resume-interval-ms 20",
         "```",
         "",
@@ -852,7 +1200,12 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
             "|---|" + "---:|" * len(bursts),
         ]
         for name in names:
-            label = {"web": server, "web+worker": f"{server} + worker"}.get(name, name)
+            label = {
+                "web": server,
+                "web+worker": f"{server} + worker",
+                "safety": "safety worker",
+                "web+worker+safety": f"{server} + worker + safety worker",
+            }.get(name, name)
             lines.append(
                 f"| {label} | "
                 + " | ".join(fmt_ms((b.get("rss_peak_mib") or {}).get(name)) for b in bursts)
@@ -915,6 +1268,7 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
                 )
                 lines.append("  frames: " + " ".join(f.get("trace", [])))
             lines += ["```", ""]
+    lines += _guards_section(data)
     lines += _profile(data.get("profiles"))
     lines += ["## Analysis", "", NOTES_BEGIN, notes, NOTES_END, ""]
     return "\n".join(lines)

@@ -5,9 +5,14 @@ of pre-filled conversations), `bursts` (20 and then 50 streams released at once;
 inter-token gaps under load, the RSS and the CPU per reply), `resume` (drop + resume). `--only`
 picks some. `--server` picks the ASGI server of the stack (daphne or uvicorn); with
 `--compare-servers` a second stack on the other server runs the sequential scenario and the
-largest burst again, for a "daphne vs uvicorn" table. A full run (no --only, no --quick) does
-all of it and writes bench/RESULTS.md and bench/ttft.png; others write to bench/out/.
-Everything started is stopped on exit, Ctrl-C or SIGTERM.
+largest burst again, for a "daphne vs uvicorn" table. The stacks run as deployed, with content
+filtering and rate limits on (`--guards` picks another configuration); with `--compare-guards`
+four more stacks (both guards off, filtering only, limits only, both on) run the sequential
+scenario and the largest burst interleaved, for a "guards on and off" table (bench/guards.py).
+A full run (no --only, no --quick) does all of it and writes bench/RESULTS.md and
+bench/ttft.png; others write to bench/out/. Everything started is stopped on exit, Ctrl-C or
+SIGTERM. Exit status 1 if a guard refused or stopped any bench send (429, 422, 503, 403, or a
+reply stopped by the output check).
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from typing import Any
 
 import aiohttp
 
-from bench import report, scenarios
+from bench import guards, report, scenarios
 from bench.clients import ServiceClient
 from bench.profiling import Profiler
 from bench.sampler import CpuMeter, Sampler
-from bench.stack import ROOT, SERVERS, Stack, StackConfig
+from bench.stack import BENCH_LIMITS, GUARDS, ROOT, SERVERS, Stack, StackConfig
 
 BENCH_DIR = ROOT / "bench"
 ALIASES = {
@@ -69,6 +74,14 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _guard_names(text: str) -> list[str]:
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [n for n in names if n not in GUARDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(GUARDS)}: {text!r}")
+    return list(dict.fromkeys(names))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -94,6 +107,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help=f"sequential requests on the other server (default {COMPARE_REQUESTS}, at most"
         " --requests)",
+    )
+    parser.add_argument(
+        "--guards",
+        choices=tuple(GUARDS),
+        default="on",
+        help="content filtering and rate limits of the stack (and of --compare-servers'):"
+        " on (both, as deployed; default), off, safety (filtering only), limits (limits only)",
+    )
+    parser.add_argument(
+        "--compare-guards",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="then run the sequential scenario and the largest burst on one stack per guard"
+        " configuration, interleaved (default: on in a full run, off otherwise)",
+    )
+    parser.add_argument(
+        "--guard-requests",
+        type=int,
+        help=f"sequential requests per guard configuration (default {guards.REQUESTS};"
+        " --quick: 10)",
+    )
+    parser.add_argument(
+        "--guard-configs",
+        type=_guard_names,
+        default=list(guards.SERIES),
+        help=f"the guard configurations compared (default {','.join(guards.SERIES)})",
     )
     parser.add_argument(
         "--uvicorn-ws",
@@ -232,6 +271,7 @@ async def run_scenarios(
         await bench.warm_up()
         results["direct_body_bytes"] = len(bench.direct_body)
         results["idle_cpu_ms_per_s"] = await scenarios.idle_cpu(bench, IDLE_SECONDS)
+        results["rejections"] = bench.api.rejections  # filled in as the scenarios run
         for name in which:
             print(f"[bench] {stack.config.server}: {name} ...", flush=True)
             started = time.monotonic()
@@ -261,6 +301,7 @@ def measure(
 ) -> dict[str, Any]:
     """Start a stack on `server`, run `which`, stop it; the scenarios' results, the RSS series
     ("rss"), the py-spy summaries ("profiles") and the Redis version ("redis_version")."""
+    safety, limits = GUARDS[args.guards]
     stack = Stack(
         StackConfig(
             tokens=opts.tokens,
@@ -268,6 +309,8 @@ def measure(
             interval_ms=opts.interval_ms,
             server=server,
             uvicorn_ws=args.uvicorn_ws,
+            content_filtering=safety,
+            rate_limits=limits,
             log_dir=log_dir,
         )
     )
@@ -276,17 +319,24 @@ def measure(
     sampler: Sampler | None = None
     started = time.monotonic()
     try:
-        print(f"[bench] starting redis, fake LLM, {server}, worker ...", flush=True)
+        print(
+            f"[bench] starting redis, fake LLM, {server}, worker"
+            + (", safety worker" if safety else "")
+            + f" (guards {args.guards}) ...",
+            flush=True,
+        )
         stack.start()
         pids = stack.pids()
         sampler = Sampler(
-            {name: pids[name] for name in ("web", "worker", "fake_llm", "redis")}
+            stack.service_pids()
+            | {name: pids[name] for name in ("fake_llm", "redis")}
             | {"bench_clients": os.getpid()},
             without_children=frozenset({"bench_clients"}),
             redis_url=stack.redis_url,
         ).start()
-        meter = CpuMeter({"web": pids["web"], "worker": pids["worker"]})
+        meter = CpuMeter(stack.service_pids())
         results["redis_version"] = str(stack.redis_info().get("redis_version", "?"))
+        results["guard_config"] = stack.config.guards
         profiler = (
             Profiler(args.out, {server: pids["web"], "worker": pids["worker"]}) if profile else None
         )
@@ -338,11 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     # Also when started in the background of a non-interactive shell, which ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     command = "python -m bench.run" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    compare_guards = full if args.compare_guards is None else args.compare_guards
     meta: dict[str, Any] = {
         "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "command": command,
         "scenarios": which,
         "server": args.server,
+        "guards": args.guards,
+        "bench_limits": dict(BENCH_LIMITS),
         "uvicorn_ws": args.uvicorn_ws,
         "options": vars(opts),
         "app_code_before": report.app_fingerprint(ROOT),
@@ -373,6 +426,20 @@ def main(argv: list[str] | None = None) -> int:
         results["compare"] = measure(
             other, compare_opts, compare_which, args, args.out / "logs" / other, False, deadline
         )
+    if compare_guards:
+        requests = args.guard_requests or (10 if args.quick else guards.REQUESTS)
+        size = max(opts.bursts)
+        meta["compare_guards"] = {"requests": requests, "streams": size}
+        results["guards"] = guards.measure(
+            args.guard_configs,
+            opts,
+            requests=requests,
+            size=size,
+            server=args.server,
+            log_dir=args.out / "logs",
+            deadline=deadline,
+            on_stack=lambda stack: atexit.register(stack.stop),
+        )
     meta["seconds"] = time.monotonic() - started
     meta["app_code_after"] = report.app_fingerprint(ROOT)
     meta["machine"] = report.machine_info(redis_version)
@@ -383,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] wrote {args.out / 'results.json'} and {results_path}")
     for row in report.summary_rows(results):
         print("  " + " | ".join(row))
+    for line in report.guards_console(results):
+        print("  " + line)
+    refused = report.rejections(results)
+    if refused:
+        print(f"[bench] FAILED: guards refused or stopped bench sends: {refused}", file=sys.stderr)
+        return 1
     return 0
 
 

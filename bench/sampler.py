@@ -132,6 +132,11 @@ class Sampler:
         peaks["web+worker"] = (
             max(s.rss.get("web", 0) + s.rss.get("worker", 0) for s in chosen) / MIB
         )
+        if "safety" in chosen[0].rss:
+            peaks["web+worker+safety"] = (
+                max(s.rss.get("web", 0) + s.rss.get("worker", 0) + s.rss["safety"] for s in chosen)
+                / MIB
+            )
         return {k: round(v, 1) for k, v in peaks.items()}
 
     def peak_backlog(self, phase: str) -> int | None:
@@ -225,6 +230,14 @@ class CpuTally:
             answer["web+worker"] = round(
                 1000 * (self.seconds["web"] + self.seconds["worker"]) / self.items, 2
             )
+            if "safety" in self.seconds:
+                # The safety worker classifies every send and the live reply for them.
+                answer["web+worker+safety"] = round(
+                    1000
+                    * (self.seconds["web"] + self.seconds["worker"] + self.seconds["safety"])
+                    / self.items,
+                    2,
+                )
         answer["items"] = self.items
         answer["windows"] = self.windows
         answer["total_s"] = round(sum(self.seconds.values()), 3)

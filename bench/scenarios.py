@@ -34,6 +34,7 @@ from bench.clients import (
     StreamRecord,
     direct_stream,
     drop,
+    guard_answer,
     service_stream,
 )
 from bench.sampler import CpuMeter, CpuTally, Sampler
@@ -125,13 +126,16 @@ class Bench:
         self, ws: aiohttp.ClientWebSocketResponse, go: asyncio.Event | None = None
     ) -> StreamRecord:
         index = next(self.counter)
-        return await service_stream(
+        record = await service_stream(
             ws,
             message_content(index),
             f"b{index}-{uuid.uuid4().hex[:12]}",
             go=go,
             timeout=self.options.stream_timeout,
         )
+        if record.guard:
+            self.api.count_guard(record.guard)
+        return record
 
     async def direct(
         self, go: asyncio.Event | None = None, body: bytes | None = None
@@ -704,8 +708,11 @@ async def _resume_one(
                     if message.get("role") == "assistant" and frame.get("client_id") == client_id:
                         result.generation_id = message.get("generation_id")
                     continue
-                if kind in ("error", "rate_limited"):
-                    raise BenchError(f"server sent {frame}")
+                code = guard_answer(frame)
+                if code:
+                    bench.api.count_guard(code)
+                    if kind != "safety.flagged":
+                        raise BenchError(f"server sent {frame}")
                 if kind not in ("generation.delta", *TERMINAL):
                     continue
                 if result.generation_id is None:

@@ -1,6 +1,8 @@
 """The system under test as real processes: redis-server, the fake LLM, ONE web server process
 (daphne, or uvicorn with `server="uvicorn"`) serving messageservice.asgi:application, ONE llm
-worker. The web server's process is named "web".
+worker, and with content filtering on ONE safety worker (`manage.py safety_worker`, the only
+process that loads the classifier). The web server's process is named "web", the safety
+worker's "safety".
 
 Every process is started in a session of its own (so a Ctrl-C reaches only the orchestrator,
 which then stops them in order) and is stopped by its own process group id in `Stack.stop()`.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -33,6 +36,28 @@ ASGI_APP = "messageservice.asgi:application"
 # messageservice/settings.py's default WS_MAX_MESSAGE_BYTES. daphne enforces it inside the
 # app's factories (messageservice/request_limits.py); uvicorn gets it as --ws-max-size.
 WS_MAX_MESSAGE_BYTES_DEFAULT = 64 * 1024
+SERVICE_PROCESSES = ("web", "worker", "safety")
+# What the safety worker logs once its classifier is loaded: an explicit ready line (asked
+# for), or its INFO line "safety worker: backend local loaded in 1.23 s, RSS 117 MB" (the
+# i9-safety branch as of dc31dc0). Checks sent before it pops wait in its Redis list.
+SAFETY_READY = re.compile(rb"safety worker ready|safety worker: backend \S+ loaded", re.IGNORECASE)
+# With rate limits on, limits no bench send can reach: every send still runs the whole
+# admission script (windows, in-flight slot, token quota), but none is refused. 0 would mean
+# "unlimited" and could skip the script. The bursts send 50 at once from 10 users.
+BENCH_LIMITS = {
+    "MAX_MESSAGES_PER_MINUTE": "1000000",
+    "MAX_MESSAGES_PER_HOUR": "10000000",
+    "MAX_MESSAGES_PER_DAY": "100000000",
+    "MAX_REPLIES_IN_FLIGHT": "1000",
+    "DAILY_TOKEN_QUOTA": "1000000000000",
+}
+# The guard configurations: (content filtering, rate limits).
+GUARDS = {
+    "off": (False, False),
+    "safety": (True, False),
+    "limits": (False, True),
+    "on": (True, True),
+}
 
 
 def free_port() -> int:
@@ -88,7 +113,19 @@ class StackConfig:
     partial_save_interval: float = 1.0
     server: str = "daphne"
     uvicorn_ws: str = "websockets"
+    # As deployed: both guards on (ENABLE_CONTENT_FILTERING, ENABLE_RATE_LIMITS).
+    content_filtering: bool = True
+    rate_limits: bool = True
     log_dir: Path = ROOT / "bench" / "out" / "logs"
+
+    @property
+    def guards(self) -> str:
+        """The name of this guard configuration in GUARDS ("on", "off", "safety", "limits")."""
+        return next(
+            name
+            for name, (safety, limits) in GUARDS.items()
+            if (safety, limits) == (self.content_filtering, self.rate_limits)
+        )
 
 
 @dataclass
@@ -143,6 +180,9 @@ class Stack:
             "MAX_CONCURRENT_LLM_REQUESTS": str(cfg.max_concurrent_llm_requests),
             "PARTIAL_SAVE_INTERVAL_SECONDS": str(cfg.partial_save_interval),
             "PYTHONUNBUFFERED": "1",
+            "ENABLE_CONTENT_FILTERING": "true" if cfg.content_filtering else "false",
+            "ENABLE_RATE_LIMITS": "true" if cfg.rate_limits else "false",
+            **(BENCH_LIMITS if cfg.rate_limits else {}),
         }
         self.env.pop("MONGODB_URL", None)
 
@@ -182,6 +222,16 @@ class Stack:
         self._spawn("worker", [sys.executable, "manage.py", "rqworker", "llm"])
         self._wait("worker", self._worker_listening, 60)
 
+        if cfg.content_filtering:
+            # Before any send: with filtering on and no safety worker, every send is refused.
+            # At INFO, for its start-up line (it logs nothing per check at INFO).
+            self._spawn(
+                "safety",
+                [sys.executable, "manage.py", "safety_worker"],
+                env={"LOG_LEVEL": "INFO"},
+            )
+            self._wait("safety", self._safety_ready, 120)
+
     def web_command(self) -> list[str]:
         """One web server process on HOST:port, serving the ASGI app.
 
@@ -204,9 +254,9 @@ class Stack:
         ]  # fmt: skip
 
     def stop(self) -> None:
-        """Stop the worker first (it finishes running replies), then the web server, the LLM,
-        Redis."""
-        for name in ("worker", "web", "fake_llm", "redis"):
+        """Stop the worker first (it finishes running replies; their live output checks need
+        the safety worker), then the safety worker, the web server, the LLM, Redis."""
+        for name in ("worker", "safety", "web", "fake_llm", "redis"):
             proc = self.procs.get(name)
             if proc is not None:
                 _terminate(proc, timeout=20 if name == "worker" else 10)
@@ -259,6 +309,11 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
 
+    def service_pids(self) -> dict[str, int]:
+        """The service's own processes, whose CPU a reply costs: the web server, the llm
+        worker and, with filtering on, the safety worker."""
+        return {name: pid for name, pid in self.pids().items() if name in SERVICE_PROCESSES}
+
     def check_alive(self) -> None:
         for proc in self.procs.values():
             if not proc.alive():
@@ -266,13 +321,19 @@ class Stack:
                     f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}"
                 )
 
-    def _spawn(self, name: str, cmd: list[str], log_name: str | None = None) -> Proc:
+    def _spawn(
+        self,
+        name: str,
+        cmd: list[str],
+        log_name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         log_path = self.config.log_dir / f"{log_name or name}.log"
         log_file = log_path.open("wb")
         popen = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env=self.env,
+            env=self.env | (env or {}),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -307,6 +368,13 @@ class Stack:
             return False
         finally:
             client.close()
+
+    def _safety_ready(self) -> bool:
+        """The safety worker logged that its classifier is loaded (SAFETY_READY)."""
+        try:
+            return SAFETY_READY.search(self.procs["safety"].log_path.read_bytes()) is not None
+        except OSError:
+            return False
 
     def _worker_listening(self) -> bool:
         client = self._redis()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,25 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
         "max": max(values) if values else None,
         "mean": sum(values) / len(values) if values else None,
     }
+
+
+def p50_difference_interval(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, seed: int = 1
+) -> tuple[float, float] | None:
+    """A 95 % bootstrap interval of p50(a) − p50(b) (each sample resampled on its own, with
+    replacement; percentile interval); None if either is empty."""
+    if not a or not b:
+        return None
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(resamples):
+        pa = percentile(rng.choices(a, k=len(a)), 50)
+        pb = percentile(rng.choices(b, k=len(b)), 50)
+        assert pa is not None and pb is not None
+        diffs.append(pa - pb)
+    low, high = percentile(diffs, 2.5), percentile(diffs, 97.5)
+    assert low is not None and high is not None
+    return low, high
 
 
 def fmt_ms(value: float | None, digits: int = 1) -> str:
