@@ -255,16 +255,18 @@ async def stream_unless_cancelled(
             stoppers.add(asyncio.ensure_future(monitor.tripped.wait()))
         # The start, if it is still being written: a reply that could not start (cancelled
         # while queued) stops asking the LLM at once, not at its first token.
+        # Waited on even when it is already done: a start that failed while the cancel
+        # watcher was being set up must stop the stream at once too.
         start = progress.ready
         waiting: set[asyncio.Future[Any]] = {work, *stoppers}
-        if start is not None and not start.done():
+        if start is not None:
             waiting.add(start)
         try:
             while True:
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if start in done and not done & {work, *stoppers}:
                     waiting.discard(start)
-                    if start.exception() is None and start.result():
+                    if not start.cancelled() and start.exception() is None and start.result():
                         continue  # started: stream on
                 break
         finally:
