@@ -197,8 +197,8 @@ def test_standings_ban_and_unban(mod_client, conversation, user, mod):
 
 def test_moderator_approves_and_rejects_characters_but_cannot_edit_them(mod_client, mod):
     owner = make_user(username="author")
-    good = make_character(name="Good", owner=owner)
-    bad = make_character(name="Bad", owner=owner)
+    good = make_character(name="Good", owner=owner, approval="pending")
+    bad = make_character(name="Bad", owner=owner, approval="pending")
     listing = mod_client.get("/admin/messages_app/character/", {"approval__exact": "pending"})
     assert listing.status_code == 200 and b"Good" in listing.content
     act(mod_client, "/admin/messages_app/character/", "approve_characters", [good])
