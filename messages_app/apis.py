@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from messages_app import characters, moderation, selectors, services
 from messages_app.errors import InvalidInput
 from messages_app.models import Character, Conversation
+from messages_app.openapi import RATE_LIMIT_HEADERS, ErrorSerializer, send_responses
 from messages_app.serializers import (
     CancelResultSerializer,
     CharacterSerializer,
@@ -189,8 +190,11 @@ class ConversationMessagesApi(APIView):
 
     @extend_schema(
         request=MessageSendSerializer,
-        responses={202: SendResultSerializer},
-        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER)],
+        responses=send_responses(SendResultSerializer),
+        parameters=[
+            OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER),
+            *RATE_LIMIT_HEADERS,
+        ],
     )
     def post(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(
@@ -213,7 +217,11 @@ class ConversationMessagesApi(APIView):
 class MessageApi(APIView):
     """PATCH a user message: its edit starts a new branch (202, a new reply is generated)."""
 
-    @extend_schema(request=MessageEditSerializer, responses={202: SendResultSerializer})
+    @extend_schema(
+        request=MessageEditSerializer,
+        responses=send_responses(SendResultSerializer),
+        parameters=RATE_LIMIT_HEADERS,
+    )
     def patch(self, request: Request, message_id: int) -> Response:
         message = selectors.message_get(user=request.user, message_id=message_id)
         serializer = MessageEditSerializer(data=request.data)
@@ -227,7 +235,11 @@ class MessageApi(APIView):
 class MessageRegenerateApi(APIView):
     """POST on an assistant reply: a new alternative reply (a sibling) is generated."""
 
-    @extend_schema(request=None, responses={202: RegenerateResultSerializer})
+    @extend_schema(
+        request=None,
+        responses=send_responses(RegenerateResultSerializer),
+        parameters=RATE_LIMIT_HEADERS,
+    )
     def post(self, request: Request, message_id: int) -> Response:
         message = selectors.message_get(user=request.user, message_id=message_id)
         assistant, generation_id = services.message_regenerate(message=message)
@@ -280,21 +292,6 @@ class MessageFeedbackApi(APIView):
         return Response(FeedbackSerializer(feedback).data, status=status.HTTP_201_CREATED)
 
 
-_REPORT_ERROR = inline_serializer(
-    "ReportError",
-    {
-        "error": inline_serializer(
-            "ReportErrorBody",
-            {
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "details": serializers.DictField(),
-            },
-        )
-    },
-)
-
-
 class MessageReportApi(APIView):
     """Report a message you can see to the moderators: one report per user and message."""
 
@@ -302,9 +299,9 @@ class MessageReportApi(APIView):
         request=ReportSerializer,
         responses={
             201: ReportSerializer,
-            403: _REPORT_ERROR,
-            404: _REPORT_ERROR,
-            409: _REPORT_ERROR,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+            409: ErrorSerializer,
         },
         description="201: the message is in the moderators' queue. 403 `banned`: the caller "
         "is banned (details: until, permanent, reason). 404: no such message of yours. "

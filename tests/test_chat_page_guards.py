@@ -31,6 +31,7 @@ from tests.test_safety_worker import INSULT, WorkerProcess
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CHROMIUM = "/usr/bin/chromium"
+APP = "messageservice.asgi:application"
 CLEAN_REPLY = "Ahoy! The sea is calm today."
 BAD_REPLY = (
     "Fine, I will answer. You are a worthless stupid idiot, shut up. "
@@ -44,7 +45,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> 
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http)
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status in (200, 503):
                     return
         except OSError:
@@ -73,8 +74,7 @@ def stack(
     worker = start_worker_process(fake_llm_server, **GUARDS)
     port = free_port()
     web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-        + ["messageservice.asgi:application"],
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APP],
         cwd=ROOT,
         env=worker_env(fake_llm_server, LOG_LEVEL="WARNING", **GUARDS),
         stdout=subprocess.DEVNULL,
@@ -114,10 +114,9 @@ def browser() -> Iterator[Any]:
 def chat(stack: str, browser: Any, fake_llm_server: FakeLLMServer) -> Iterator[Any]:
     """A new user, logged in, with the chat page open on a new conversation: (page, user)."""
     fake_llm_server.clear()
-    user = UserFactory(username=f"page-{time.monotonic_ns()}")
-    conversation = conversation_create(
-        owner=user, character=CharacterFactory(name="Captain Page", greeting="Ahoy!")
-    )
+    user: Any = UserFactory(username=f"page-{time.monotonic_ns()}")
+    character: Any = CharacterFactory(name="Captain Page", greeting="Ahoy!")
+    conversation = conversation_create(owner=user, character=character)
     client = Client()
     client.force_login(user)
     cookie = client.cookies[settings.SESSION_COOKIE_NAME].value

@@ -40,3 +40,26 @@ def test_the_message_payload_has_exactly_the_fields_the_openapi_schema_documents
     assert set(schema["components"]["schemas"]["Message"]["properties"]) == documented
     for message in Message.objects.select_related("generation").all():
         assert set(message_data(message)) == documented
+
+
+def test_the_schema_documents_the_guards_answers_and_headers(api):
+    schema = api.get("/api/schema/?format=json").json()
+    paths = schema["paths"]
+    for path, method in (
+        ("/api/v1/conversations/{conversation_id}/messages/", "post"),
+        ("/api/v1/messages/{message_id}/", "patch"),
+        ("/api/v1/messages/{message_id}/regenerate/", "post"),
+    ):
+        responses = paths[path][method]["responses"]
+        assert {"403", "422", "429", "503"} <= set(responses), path
+        assert "content_blocked" in responses["422"]["description"]
+        assert "rate_limited" in responses["429"]["description"]
+        headers = responses["429"]["headers"]
+        assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(
+            headers
+        ), path
+    # Every endpoint a banned user is refused documents 403 `banned`; the token endpoint not.
+    assert "banned" in paths["/api/v1/conversations/"]["get"]["responses"]["403"]["description"]
+    assert "403" not in paths["/api/v1/auth/token/"]["post"]["responses"]
+    report = paths["/api/v1/messages/{message_id}/report/"]["post"]["responses"]
+    assert {"201", "403", "404", "409"} <= set(report)

@@ -104,6 +104,13 @@ def test_many_sync_checks_submitted_together_are_all_answered(local_worker):
 def test_the_deploy_health_check_sees_the_safety_worker_of_this_host(local_worker, tmp_path):
     """`deploy/healthcheck.py safety` (the compose and k8s probe): 0 while a worker on this
     host keeps its heartbeat, 1 for an installation (SERVICE_NAME) where none runs."""
+    import redis
+
+    # Each test starts on a flushed Redis: wait for the worker's next heartbeat (every 1 s).
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    deadline = time.monotonic() + 5
+    while not client.keys("*:safety:requests:worker:*") and time.monotonic() < deadline:
+        time.sleep(0.05)
     command = [sys.executable, "deploy/healthcheck.py", "safety"]
     alive = subprocess.run(command, cwd=ROOT, env=local_worker.env, capture_output=True, timeout=60)
     assert alive.returncode == 0, alive.stderr.decode()
