@@ -5,17 +5,20 @@ that a rate limit holds and until when, and that the account is banned."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
@@ -101,13 +104,24 @@ def browser() -> Iterator[Any]:
         pytest.fail("chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
+    # Playwright's sync API keeps an event loop running in this thread, which Django takes
+    # for an async context; the tests' ORM calls are plain sync code (pytest-django's advice).
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                ],
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture
@@ -179,7 +193,17 @@ def test_a_rate_limit_says_which_and_counts_down(chat, fake_llm_server):
 def test_a_ban_closes_the_page_with_its_end_and_reason(chat, stack):
     page, user = chat
     until = timezone.now() + timedelta(hours=2)
-    user_ban(user, until=until, permanent=False, reason="spamming other users", actor=None)
+
+    def ban() -> None:
+        # In a thread of its own: the ban tells open sockets through the channel layer
+        # (async_to_sync), which cannot run beside Playwright's loop in this thread.
+        try:
+            user_ban(user, until=until, permanent=False, reason="spamming other users", actor=None)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(ban).result()
     banner = page.locator('[data-testid="banner"][data-kind="banned"]')
     banner.wait_for()
     text = banner.inner_text()
