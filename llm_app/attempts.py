@@ -20,6 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from llm_app.cancel import cancel_watcher
+from llm_app.input_gate import InputBlocked
 from llm_app.models import Generation
 from llm_app.output_safety import Blocked, OutputMonitor
 from llm_app.prompts import Prompt
@@ -27,6 +28,8 @@ from llm_app.providers import ChatRequest, ProviderError, provider_for
 from messages_app import events
 from messages_app.broadcast import asend_event, conversation_group
 from messages_app.events import Event
+from messages_app.safety.categories import Verdict
+from messages_app.safety_flow import input_blocks
 from messages_app.streams import DeltaPublisher
 
 logger = logging.getLogger(__name__)
@@ -52,10 +55,21 @@ class Progress:
     ready: asyncio.Future[bool] | None = None
     # The live content checks (None when content filtering is off).
     monitor: OutputMonitor | None = None
+    # The input check's verdict on the user message (llm_app.input_gate), read while the LLM
+    # thinks: no delta goes out before it passed.
+    gate: asyncio.Future[Verdict | None] | None = None
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    async def wait_gate(self) -> None:
+        """Return once the input check passed; InputBlocked or InputUnchecked otherwise."""
+        if self.gate is not None:
+            verdict = await self.gate
+            if verdict is not None and input_blocks(verdict):
+                raise InputBlocked(verdict)
+            self.gate = None
 
     async def wait_ready(self) -> None:
         """Return once the generation has started; NotStarted if it could not start."""
@@ -158,6 +172,7 @@ async def stream_once(
                 if progress.first_token_at is None:
                     progress.first_token_at = timezone.now()
                     await progress.wait_ready()
+                    await progress.wait_gate()
                 text = storable(chunk.text)
                 progress.seq += 1
                 progress.parts.append(text)

@@ -23,6 +23,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from llm_app.attempts import Cancelled, NotStarted, Progress, stream_unless_cancelled
+from llm_app.input_gate import InputBlocked, InputUnchecked, gate_for
 from llm_app.lease import renew_lease
 from llm_app.models import Generation
 from llm_app.output_safety import Blocked, OutputMonitor
@@ -37,6 +38,12 @@ from llm_app.state import (
 from messages_app import events
 from messages_app.broadcast import asend_event, conversation_group
 from messages_app.models import Message
+from messages_app.safety_flow import (
+    INPUT_BLOCKED_TEXT,
+    UNCHECKED_TEXT,
+    input_unchecked_apply,
+    input_verdict_apply,
+)
 from messages_app.selectors import Turn
 
 logger = logging.getLogger(__name__)
@@ -168,6 +175,7 @@ async def run_generation(
     def asked() -> None:
         if not tasks:
             tasks.append(asyncio.ensure_future(_begin_into(ready, generation, taken_at)))
+            progress.gate = gate_for(reply)
             tasks.append(asyncio.ensure_future(renew_lease(reply.stream_key)))
             if on_asked is not None:
                 on_asked()
@@ -177,6 +185,8 @@ async def run_generation(
     finally:
         for task in tasks[1:]:
             task.cancel()  # the lease
+        if progress.gate is not None and not progress.gate.done():
+            progress.gate.cancel()  # the reply ended before its first delta
 
 
 async def _generate(
@@ -213,6 +223,15 @@ async def _generate(
     except Blocked as exc:
         status, code, blocked_by = Message.Status.BLOCKED, "content_blocked", exc.verdict
         text = "The reply was stopped by the content filter."
+    except InputBlocked as exc:
+        # The message it answers was blocked: that ends this reply too (blocked, no text).
+        assert reply.parent_id is not None, "a reply always answers a message"
+        await sync_to_async(input_verdict_apply)(reply.parent_id, reply.pk, exc.verdict)
+        status, code, text = Message.Status.BLOCKED, "content_blocked", INPUT_BLOCKED_TEXT
+    except InputUnchecked:
+        assert reply.parent_id is not None, "a reply always answers a message"
+        await sync_to_async(input_unchecked_apply)(reply.parent_id, reply.pk)
+        status, code, text = Message.Status.FAILED, "safety_unavailable", UNCHECKED_TEXT
     except ProviderError as exc:
         status, code, text = Message.Status.FAILED, exc.code, exc.message
     except TimeoutError:

@@ -20,6 +20,7 @@ from messages_app import characters, moderation, selectors, services
 from messages_app.errors import InvalidInput
 from messages_app.models import Character, Conversation
 from messages_app.openapi import RATE_LIMIT_HEADERS, ErrorSerializer, send_responses
+from messages_app.safety_flow import input_wait_and_settle
 from messages_app.serializers import (
     CancelResultSerializer,
     CharacterSerializer,
@@ -211,6 +212,9 @@ class ConversationMessagesApi(APIView):
             client_id=client_id,
             parent_id=data.get("parent_id"),
         )
+        input_wait_and_settle(
+            result.check, user_message=result.user_message, reply=result.assistant_message
+        )
         return Response(_send_body(result), status=status.HTTP_202_ACCEPTED)
 
 
@@ -228,6 +232,9 @@ class MessageApi(APIView):
         serializer.is_valid(raise_exception=True)
         result = services.message_edit(
             message=message, author=request.user, content=serializer.validated_data["content"]
+        )
+        input_wait_and_settle(
+            result.check, user_message=result.user_message, reply=result.assistant_message
         )
         return Response(_send_body(result), status=status.HTTP_202_ACCEPTED)
 

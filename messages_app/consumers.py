@@ -25,6 +25,8 @@ from messages_app.accounts.revocation import account_group
 from messages_app.broadcast import conversation_group
 from messages_app.errors import InvalidInput, NotFound, RateLimited, ServiceError
 from messages_app.models import Conversation, Message
+from messages_app.safety.client import SafetyUnavailable
+from messages_app.safety_flow import input_settle
 from messages_app.streams import log_last_seq, log_read_after
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,21 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             # The contract's own frame, not an `error`; the connection stays open.
             await self.send_json(events.rate_limited(retry_after=exc.retry_after, limit=exc.limit))
             return
+        if result.check is not None:
+            # The check runs while the reply's generation starts (it releases no delta before
+            # the verdict); this connection waits for it without holding the database thread.
+            verdict, error = None, None
+            try:
+                verdict = await result.check.aresult()
+            except SafetyUnavailable as exc:
+                error = exc
+            if verdict is None or verdict.flagged:
+                await database_sync_to_async(input_settle)(
+                    user_message=result.user_message,
+                    reply=result.assistant_message,
+                    verdict=verdict,
+                    error=error,
+                )
         if not result.created:
             # A repeat: the first send was already announced; tell this client again only.
             for message in (result.user_message, result.assistant_message):

@@ -73,7 +73,11 @@ def generation_ended(message: Message, *, code: str = "", text: str = "") -> Eve
         return {"type": "generation.completed", "generation_id": generation_id, "message": data}
     if message.status == Message.Status.CANCELLED:
         return {"type": "generation.cancelled", "generation_id": generation_id, "message": data}
-    code = code or (generation.error_code if generation is not None else "") or message.status
+    code = (
+        code
+        or (generation.error_code if generation is not None else "")
+        or ("content_blocked" if message.status == Message.Status.BLOCKED else message.status)
+    )
     text = (
         text
         or (generation.error_message if generation is not None else "")

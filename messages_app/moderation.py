@@ -175,12 +175,26 @@ def active_ban(user: Any) -> Ban | None:
     return Ban(until=None if permanent else until, permanent=permanent, reason=reason)
 
 
+def ban_in_force(until: datetime | None, permanent: bool, reason: str) -> Ban | None:
+    """The ban a standing's fields describe, if it is in force now (for callers that read
+    them in a query of their own)."""
+    if permanent:
+        return Ban(until=None, permanent=True, reason=reason)
+    if until is not None and until > timezone.now():
+        return Ban(until=until, permanent=False, reason=reason)
+    return None
+
+
+def banned_error(ban: Ban) -> Banned:
+    text = "This account is banned for good." if ban.permanent else "This account is banned."
+    return Banned(text, details=ban.as_details())
+
+
 def ban_check(user: Any) -> None:
     """Raises Banned (403 `banned`) when a ban is in force on `user`."""
     ban = active_ban(user)
     if ban is not None:
-        text = "This account is banned for good." if ban.permanent else "This account is banned."
-        raise Banned(text, details=ban.as_details())
+        raise banned_error(ban)
 
 
 def account_banned_send(*, user_id: int, ban: Ban) -> None:

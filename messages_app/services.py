@@ -16,17 +16,23 @@ from messages_app import events, limits
 from messages_app.broadcast import publish_in, send_event
 from messages_app.errors import (
     Conflict,
-    ContentBlocked,
     InvalidInput,
     NotFound,
     RateLimited,
     TooLarge,
     Unavailable,
 )
-from messages_app.models import Character, Conversation, Feedback, Message, ReviewItem
+from messages_app.models import (
+    Character,
+    Conversation,
+    Feedback,
+    Message,
+    UserStanding,
+)
+from messages_app.moderation import ban_in_force, banned_error
 from messages_app.replies import ReplyEnd, reply_end, reply_engine
-from messages_app.safety.categories import Verdict
-from messages_app.safety_flow import input_blocks, input_check_start, input_verdict, safety_record
+from messages_app.safety.client import GATE_PENDING, GATE_TTL_SECONDS, PendingCheck, gate_key
+from messages_app.safety_flow import input_blocked_error, input_check_start
 from messages_app.selectors import branch_leaf_under, siblings_of
 from messageservice import rows
 from messageservice.redis_clients import sync_redis
@@ -40,6 +46,8 @@ class SendResult:
     assistant_message: Message
     generation_id: int
     created: bool
+    # The content check of the user message, still running (safety_flow.input_settle).
+    check: PendingCheck | None = None
 
 
 def _storable(text: str) -> bool:
@@ -104,7 +112,7 @@ def _existing_send(conversation: Conversation, client_id: str) -> SendResult | N
     if user_message is None:
         return None
     if user_message.status == Message.Status.BLOCKED:
-        raise _blocked_error(user_message)
+        raise input_blocked_error(user_message.pk, user_message.safety_categories)
     assistant = (
         Message.objects.select_related("generation")
         .filter(parent=user_message, role=Message.Role.ASSISTANT)
@@ -113,28 +121,6 @@ def _existing_send(conversation: Conversation, client_id: str) -> SendResult | N
     )
     assert assistant is not None, "a user message is always saved with its reply"
     return SendResult(user_message, assistant, assistant.generation.pk, created=False)
-
-
-def _blocked_error(message: Message) -> ContentBlocked:
-    return ContentBlocked(
-        "The message was blocked by the content filter; it was not sent.",
-        details={"categories": list(message.safety_categories), "message_id": message.pk},
-    )
-
-
-def _block_input(conversation: Conversation, message: Message, verdict: Verdict) -> None:
-    """Inside the send's transaction: the content filter blocked the user's `message`. It is
-    kept, marked `blocked`, as the active leaf (it stays in the user's history; prompts skip
-    it), queued for the moderators and announced; no reply is generated."""
-    message.status = Message.Status.BLOCKED
-    Message.objects.filter(pk=message.pk).update(status=Message.Status.BLOCKED)
-    Conversation.objects.filter(pk=conversation.pk).update(
-        active_leaf=message, last_activity_at=timezone.now()
-    )
-    conversation.active_leaf = message
-    safety_record(message, verdict, source=ReviewItem.Source.INPUT, blocked=True)
-    created = events.message_created(message, siblings=None, client_id=message.client_id)
-    transaction.on_commit(lambda: send_event(conversation, created))
 
 
 def _lock_conversation(conversation: Conversation) -> Conversation:
@@ -163,21 +149,26 @@ def _send_lock_sql(vendor: str) -> str:
     # Identifiers come from the models' metadata; the id is a parameter.
     return (
         f"SELECT {rows.columns(Conversation, 'c')}, {rows.columns(Character, 'ch')}, l.depth,"  # noqa: S608
-        f" EXISTS(SELECT 1 FROM {messages} k WHERE k.parent_id = c.active_leaf_id)"
+        f" EXISTS(SELECT 1 FROM {messages} k WHERE k.parent_id = c.active_leaf_id),"
+        f" {rows.columns(UserStanding, 's')}"
         f" FROM {rows.table(Conversation)} c"
         f" JOIN {rows.table(Character)} ch ON ch.id = c.character_id"
         f" LEFT JOIN {messages} l ON l.id = c.active_leaf_id"
+        f" LEFT JOIN {rows.table(UserStanding)} s ON s.user_id = %s"
         f" WHERE c.id = %s{lock}"
     )
 
 
-def _lock_for_send(conversation: Conversation) -> tuple[Conversation, int | None, bool]:
+def _lock_for_send(
+    conversation: Conversation, author_id: int | None
+) -> tuple[Conversation, int | None, bool]:
     """_lock_conversation for a send, in one statement written once: the locked conversation
     (with its character read afresh), the depth of its active leaf (None without one), and
-    whether that leaf already has children. The ORM would compile this query on every send,
-    which cost more than running it."""
+    whether that leaf already has children; Banned when a ban is in force on the author (read
+    from the same statement). The ORM would compile this query on every send, which cost more
+    than running it."""
     with connection.cursor() as cursor:
-        cursor.execute(_send_lock_sql(connection.vendor), [conversation.pk])
+        cursor.execute(_send_lock_sql(connection.vendor), [author_id, conversation.pk])
         row = cursor.fetchone()
     if row is None:
         raise NotFound("No such conversation.")
@@ -186,6 +177,12 @@ def _lock_for_send(conversation: Conversation) -> tuple[Conversation, int | None
     locked = rows.instance(Conversation, row[:split])
     locked.character = rows.instance(Character, row[split:end])
     leaf_depth, leaf_has_children = row[end], bool(row[end + 1])
+    standing = row[end + 2 :]
+    if standing[0] is not None:
+        record = rows.instance(UserStanding, standing)
+        ban = ban_in_force(record.banned_until, record.ban_permanent, record.ban_reason)
+        if ban is not None:
+            raise banned_error(ban)
     return locked, leaf_depth, leaf_has_children
 
 
@@ -208,15 +205,15 @@ def message_send(
     The author's rate limits admit it first (RateLimited: nothing saved). A send that fails,
     or turns out a repeat, is refunded: only a send that creates its messages counts.
 
-    The content check of the text runs in the safety worker while the conversation is locked
-    and the message inserted; a blocked message is kept `blocked`, with no reply (it counts
-    as a send, but holds no slot in flight), and ContentBlocked is raised after commit.
+    The content check of the text goes to the safety worker first and runs while the send is
+    saved and its reply generated: the reply's generation releases no delta before the
+    verdict lets it (llm_app.input_gate). The caller settles the check with the result's
+    `check` (safety_flow.input_settle: ContentBlocked, or the 503 of an unanswered check).
     """
     content = check_message_content(content)
     client_id = check_client_id(client_id)
-    check = input_check_start(content)
-    blocked: Message | None = None
     stream_key = uuid.uuid4()  # the reply's, and the name of its in-flight slot
+    check = input_check_start(content, gate=stream_key)
     try:
         admission = limits.admit(author, token=stream_key.hex)
     except RateLimited:
@@ -226,7 +223,7 @@ def message_send(
         raise
     try:
         with transaction.atomic():
-            locked, leaf_depth, leaf_has_children = _lock_for_send(conversation)
+            locked, leaf_depth, leaf_has_children = _lock_for_send(conversation, author.pk)
             if parent_id is not None:
                 parent = Message.objects.filter(pk=parent_id, conversation=locked).first()
                 if parent is None:
@@ -247,25 +244,16 @@ def message_send(
                 content=content,
                 client_id=client_id,
             )
-            verdict = input_verdict(check)
-            if input_blocks(verdict):
-                assert verdict is not None
-                _block_input(locked, user_message, verdict)
-                blocked = user_message
-            else:
-                if verdict is not None and verdict.flagged:
-                    safety_record(
-                        user_message, verdict, source=ReviewItem.Source.INPUT, blocked=False
-                    )
-                # The new user message's siblings; its reply has none.
-                siblings = [user_message.pk] if alone else None
-                assistant, generation_id = _queue_reply(
-                    locked,
-                    user_message,
-                    announce=[user_message],
-                    siblings=siblings,
-                    stream_key=stream_key,
-                )
+            # The new user message's siblings; its reply has none.
+            siblings = [user_message.pk] if alone else None
+            assistant, generation_id = _queue_reply(
+                locked,
+                user_message,
+                announce=[user_message],
+                siblings=siblings,
+                stream_key=stream_key,
+                gated=check is not None,
+            )
     except IntegrityError:
         # A repeat of an earlier send (or a concurrent one that won the race): its result.
         limits.refund(admission)
@@ -276,11 +264,7 @@ def message_send(
         limits.refund(admission)
         raise
     conversation.active_leaf_id = locked.active_leaf_id
-    if blocked is not None:
-        if admission.recorded:
-            limits.release(admission.user_id, admission.token)
-        raise _blocked_error(blocked)
-    return SendResult(user_message, assistant, generation_id, created=True)
+    return SendResult(user_message, assistant, generation_id, created=True, check=check)
 
 
 def _queue_reply(
@@ -290,6 +274,7 @@ def _queue_reply(
     announce: list[Message],
     siblings: list[int] | None = None,
     stream_key: uuid.UUID | None = None,
+    gated: bool = False,
 ) -> tuple[Message, int]:
     """Inside a transaction: a queued reply to `user_message`, made the active leaf, with its
     generation started after commit. `announce` are the other new messages of this change:
@@ -318,7 +303,9 @@ def _queue_reply(
         known = {announce[0].pk: siblings, assistant.pk: [assistant.pk]}
     else:
         known = siblings_of(created)
-    transaction.on_commit(lambda: _start_and_announce(conversation, created, previous_leaf, known))
+    transaction.on_commit(
+        lambda: _start_and_announce(conversation, created, previous_leaf, known, gated=gated)
+    )
     return assistant, generation_id
 
 
@@ -327,6 +314,8 @@ def _start_and_announce(
     created: list[Message],
     previous_leaf: int | None,
     siblings: dict[int, list[int]],
+    *,
+    gated: bool = False,
 ) -> None:
     """After commit, in one Redis round trip (MULTI/EXEC): announce the new messages, then
     queue the reply's job. If that fails, nothing was announced or queued: the messages are
@@ -340,6 +329,12 @@ def _start_and_announce(
         with sync_redis().pipeline(transaction=True) as pipe:
             pipe.multi()  # explicit, as RQ expects of a pipeline it is given
             published = publish_in(pipe, conversation, *frames)
+            if gated:
+                # The reply's generation waits for the input check's verdict here; NX keeps
+                # an answer that came first.
+                pipe.set(
+                    gate_key(created[-1].stream_key.hex), GATE_PENDING, nx=True, ex=GATE_TTL_SECONDS
+                )
             reply_engine().start(created[-1], pipe)
             pipe.execute()
     except Exception as exc:
@@ -384,9 +379,9 @@ def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
     if message.role != Message.Role.USER:
         raise InvalidInput("Only user messages can be edited.", code="not_a_user_message")
     content = check_message_content(content)
-    check = input_check_start(content)
     stream_key = uuid.uuid4()
-    with limits.admitted(author, token=stream_key.hex) as admission, transaction.atomic():
+    check = input_check_start(content, gate=stream_key)
+    with limits.admitted(author, token=stream_key.hex), transaction.atomic():
         conversation = _lock_conversation(message.conversation)
         edited = Message.objects.create(
             conversation=conversation,
@@ -396,21 +391,14 @@ def message_edit(*, message: Message, author: Any, content: Any) -> SendResult:
             author=author,
             content=content,
         )
-        verdict = input_verdict(check)
-        if input_blocks(verdict):
-            assert verdict is not None
-            _block_input(conversation, edited, verdict)
-        else:
-            if verdict is not None and verdict.flagged:
-                safety_record(edited, verdict, source=ReviewItem.Source.INPUT, blocked=False)
-            assistant, generation_id = _queue_reply(
-                conversation, edited, announce=[edited], stream_key=stream_key
-            )
-    if edited.status == Message.Status.BLOCKED:
-        if admission.recorded:
-            limits.release(admission.user_id, admission.token)
-        raise _blocked_error(edited)
-    return SendResult(edited, assistant, generation_id, created=True)
+        assistant, generation_id = _queue_reply(
+            conversation,
+            edited,
+            announce=[edited],
+            stream_key=stream_key,
+            gated=check is not None,
+        )
+    return SendResult(edited, assistant, generation_id, created=True, check=check)
 
 
 def conversation_switch_branch(*, conversation: Conversation, message_id: int) -> Conversation:

@@ -156,3 +156,35 @@ async def test_after_an_unban_the_websocket_connects_again(conversation, user):
     await sync_to_async(moderation.user_unban)(user, actor=None, reason="")
     comm = await _open(conversation, user)
     await comm.disconnect()
+
+
+@pytest.mark.parametrize("hours", [2, None])
+def test_the_send_service_itself_refuses_a_banned_author_and_saves_nothing(
+    user, conversation, settings, hours
+):
+    """Whatever the way in (a socket that was open before the ban reached it, say), the send
+    reads the author's ban in its own locking statement: Banned, nothing saved, nothing
+    counted."""
+    from messages_app import limits
+    from messages_app.errors import Banned
+    from messages_app.services import message_send
+
+    settings.ENABLE_RATE_LIMITS = True
+    ban(user, hours=hours)
+    before = Message.objects.count()
+    with pytest.raises(Banned) as raised:
+        message_send(conversation=conversation, author=user, content="hello")
+    assert raised.value.details["permanent"] is (hours is None)
+    assert Message.objects.count() == before
+    assert limits.usage(user)["minute"] == 0
+
+
+def test_an_expired_ban_does_not_stop_the_send_service(user, conversation, fake_llm):
+    from messages_app.services import message_send
+
+    ban(user)
+    UserStanding.objects.filter(user=user).update(
+        banned_until=timezone.now() - timedelta(seconds=1)
+    )
+    result = message_send(conversation=conversation, author=user, content="hello")
+    assert result.created

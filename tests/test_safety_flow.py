@@ -4,12 +4,12 @@ and what users may and may not see of a blocked reply."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from fake_llm import Script
@@ -69,8 +69,12 @@ def test_a_blocked_input_is_422_kept_blocked_for_review_and_gets_no_reply(
     assert (blocked.role, blocked.status, blocked.content) == ("user", "blocked", INSULT)
     assert blocked.safety_flagged and blocked.safety_categories == ["harassment"]
     assert blocked.safety_scores["harassment"] >= settings.SAFETY_THRESHOLD
-    assert not blocked.children.exists(), "no reply"
-    assert llm_jobs() == []
+    # Its reply was queued with it (the check ran while the generation started) and ended
+    # `blocked` with no text; its job, when a worker takes it, never asks the LLM.
+    (reply,) = blocked.children.all()
+    assert (reply.status, reply.content, reply.finish_reason) == ("blocked", "", "input_blocked")
+    run_llm_worker()
+    assert fake_llm.requests == []
     item = ReviewItem.objects.get(message=blocked)
     assert (item.source, item.blocked, item.state, item.content) == (
         "input",
@@ -78,11 +82,12 @@ def test_a_blocked_input_is_422_kept_blocked_for_review_and_gets_no_reply(
         "pending",
         INSULT,
     )
-    # The user's history shows it, marked blocked.
+    # The user's history shows it, marked blocked; its reply shows nothing.
     page = api.get(f"/api/v1/conversations/{conversation.pk}/messages/").json()["results"]
-    assert page[-1]["id"] == blocked.pk
-    assert page[-1]["status"] == "blocked"
-    assert page[-1]["safety"] == {"flagged": True, "categories": ["harassment"]}
+    assert [m["id"] for m in page[-2:]] == [blocked.pk, reply.pk]
+    assert page[-2]["status"] == "blocked"
+    assert page[-2]["safety"] == {"flagged": True, "categories": ["harassment"]}
+    assert (page[-1]["status"], page[-1]["content"]) == ("blocked", "")
 
     # The same send again: the same answer, nothing new.
     count = Message.objects.count()
@@ -131,23 +136,27 @@ def test_an_edit_is_checked_too(api, conversation, filtering, fake_llm):
     original = Message.objects.get(pk=sent["user_message"]["id"])
     assert (edited.status, edited.content) == ("blocked", INSULT)
     assert edited.parent_id == original.parent_id, "a sibling of the edited message"
-    assert not edited.children.exists()
+    assert [m.status for m in edited.children.all()] == ["blocked"]
 
 
-def test_with_no_answer_from_the_safety_worker_the_send_is_503_and_nothing_is_saved(
+def test_with_no_answer_from_the_safety_worker_the_send_is_503_and_not_sent(
     api, conversation, filtering, fake_llm
 ):
     # Another installation's name: no safety worker serves its request list.
     filtering.SERVICE_NAME = "no-safety-worker-here"
     filtering.SAFETY_TIMEOUT_SECONDS = 0.3
-    count = Message.objects.count()
     response = _send(api, conversation, "Hello")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "safety_unavailable"
-    assert Message.objects.count() == count
-    assert llm_jobs() == []
+    # Kept as not sent: the message `failed`, its reply `failed` with no text, no LLM call.
+    sent = Message.objects.get(role="user", content="Hello")
+    (reply,) = sent.children.all()
+    assert (sent.status, sent.finish_reason) == ("failed", "safety_unavailable")
+    assert (reply.status, reply.content) == ("failed", "")
+    run_llm_worker()
+    assert fake_llm.requests == []
     filtering.SAFETY_ON_ERROR = "allow"
-    assert _send(api, conversation, "Hello").status_code == 202
+    assert _send(api, conversation, "Hello again").status_code == 202
 
 
 async def test_a_blocked_input_on_the_websocket_is_an_error_frame_and_a_blocked_message(
@@ -156,20 +165,36 @@ async def test_a_blocked_input_on_the_websocket_is_an_error_frame_and_a_blocked_
     comm = communicator(f"/ws/conversations/{conversation.pk}/", alice_headers)
     assert (await comm.connect())[0]
     await comm.send_json_to({"type": "message.send", "content": INSULT, "client_id": "c-9"})
-    frames = [await comm.receive_json_from(timeout=10) for _ in range(3)]
+    # The error comes straight to this socket; the rest through the conversation's group, in
+    # whichever order.
+    frames = [await comm.receive_json_from(timeout=10) for _ in range(5)]
     await comm.disconnect()
+    types = sorted(f["type"] for f in frames)
+    assert types == [
+        "error",
+        "generation.failed",
+        "message.created",
+        "message.created",
+        "safety.flagged",
+    ]
     by_type = {f["type"]: f for f in frames}
-    assert set(by_type) == {"error", "message.created", "safety.flagged"}
-    assert by_type["error"]["error"]["code"] == "content_blocked"
-    assert by_type["error"]["error"]["details"]["categories"] == ["harassment"]
-    created = by_type["message.created"]
-    assert created["message"]["status"] == "blocked" and created["client_id"] == "c-9"
+    error = by_type["error"]["error"]
+    assert error["code"] == "content_blocked"
+    assert error["details"]["categories"] == ["harassment"]
+    user_created, reply_created = [f["message"] for f in frames if f["type"] == "message.created"]
+    assert user_created["id"] == error["details"]["message_id"]
+    assert user_created["client_id"] == "c-9"
     assert by_type["safety.flagged"] == {
         "type": "safety.flagged",
-        "message_id": created["message"]["id"],
+        "message_id": user_created["id"],
         "categories": ["harassment"],
     }
-    assert await sync_to_async(llm_jobs)() == []
+    end = by_type["generation.failed"]
+    assert end["error"]["code"] == "content_blocked"
+    assert end["message"]["id"] == reply_created["id"]
+    assert (end["message"]["status"], end["message"]["content"]) == ("blocked", "")
+    saved = await Message.objects.aget(pk=user_created["id"])
+    assert saved.status == "blocked"
 
 
 async def test_a_reply_that_turns_abusive_is_stopped_hidden_and_queued_for_review(
@@ -242,3 +267,51 @@ def test_an_abusive_ending_is_caught_by_the_final_check(api, conversation, filte
     reply = Message.objects.get(pk=sent["assistant_message"]["id"])
     assert reply.status == "blocked"
     assert reply.generation.error_code == "content_blocked"
+
+
+def test_the_generation_itself_holds_back_a_blocked_messages_reply(
+    conversation, user, filtering, fake_llm
+):
+    """Whoever settles first: here no web request waits for the verdict (the send service
+    alone), and the worker reads the gate before its first delta. The LLM was asked, but not
+    one delta goes out, and the block is applied as the web would have."""
+    from messages_app.services import message_send
+    from messages_app.streams import log_length
+
+    fake_llm.push(Script.from_text(CLEAN_REPLY))
+    result = message_send(conversation=conversation, author=user, content=INSULT)
+    result.check.result()  # the verdict is in the gate now
+    run_llm_worker()
+    reply = Message.objects.get(pk=result.assistant_message.pk)
+    assert (reply.status, reply.content, reply.stream_seq) == ("blocked", "", 0)
+    assert log_length(reply.stream_key) == 0
+    sent = Message.objects.get(pk=result.user_message.pk)
+    assert sent.status == "blocked"
+    assert ReviewItem.objects.get(message=sent).blocked
+
+
+def test_the_gate_waits_for_a_late_verdict_and_gives_up_at_the_timeout(filtering, conversation):
+    import asyncio
+    import threading
+
+    from llm_app.input_gate import InputUnchecked, input_gate
+    from messages_app.safety.categories import judge
+    from messages_app.safety.client import GATE_PENDING, gate_key
+
+    reply = conversation.active_leaf  # any message: the gate is named by its stream key
+    key = gate_key(reply.stream_key.hex)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(key, GATE_PENDING)
+    answer = json.dumps({"id": "x", "verdict": judge({"harassment": 0.99}).as_dict()})
+    threading.Timer(0.2, lambda: client.set(key, answer)).start()
+    verdict = asyncio.run(input_gate(reply))
+    assert verdict is not None and verdict.categories == ["harassment"]
+
+    client.set(key, GATE_PENDING)  # and no answer ever comes
+    filtering.SAFETY_TIMEOUT_SECONDS = 0.1
+    with pytest.raises(InputUnchecked):
+        asyncio.run(input_gate(reply))
+    filtering.SAFETY_ON_ERROR = "allow"
+    assert asyncio.run(input_gate(reply)) is None
+    client.delete(key)
+    assert asyncio.run(input_gate(reply)) is None  # no gate: nothing to wait for

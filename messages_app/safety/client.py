@@ -27,6 +27,10 @@ from messages_app.safety.categories import Verdict
 from messageservice.redis_clients import async_redis, sync_redis
 
 KINDS = ("input", "output")
+# A gate (see gate_key) outlives its send by this long: longer than any queue wait it covers.
+GATE_TTL_SECONDS = 900
+# What a gate holds until the safety worker's answer replaces it.
+GATE_PENDING = b"pending"
 # How long the async dispatcher blocks in one BLPOP before it looks again.
 _DISPATCH_BLOCK_SECONDS = 5
 # Answers taken at once by the async dispatcher after a BLPOP, when several checks wait.
@@ -48,13 +52,35 @@ def reply_key(name: str) -> str:
     return f"{settings.SERVICE_NAME}:safety:reply:{name}"
 
 
-def _request(check_id: str, text: str, kind: str, reply: str, deadline: float) -> str:
+def gate_key(stream_key_hex: str) -> str:
+    """The gate of a reply whose user message is being checked: the reply's generation
+    releases no delta before the verdict kept here lets it (llm_app.input_gate). The send
+    sets it to GATE_PENDING (SET NX, so an answer that came first is kept); the safety worker
+    writes the answer."""
+    return f"{settings.SERVICE_NAME}:reply:{stream_key_hex}:input-check"
+
+
+def _request(
+    check_id: str, text: str, kind: str, reply: str, deadline: float, gate: str = ""
+) -> str:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    return json.dumps(
-        {"id": check_id, "text": text, "kind": kind, "reply": reply, "deadline": deadline},
-        separators=(",", ":"),
-    )
+    body: dict[str, Any] = {
+        "id": check_id,
+        "text": text,
+        "kind": kind,
+        "reply": reply,
+        "deadline": deadline,
+    }
+    if gate:
+        body["gate"] = gate
+    return json.dumps(body, separators=(",", ":"))
+
+
+def answer_verdict(raw: bytes | str) -> Verdict:
+    """The verdict of a safety worker's answer (as kept in a gate); SafetyUnavailable for an
+    error answer."""
+    return _verdict(raw)
 
 
 def _verdict(raw: bytes | str, check_id: str | None = None) -> Verdict:
@@ -97,18 +123,38 @@ class PendingCheck:
             raise SafetyUnavailable(f"no verdict from the safety worker within {wait:.2f} s")
         return _verdict(raw, self.id)
 
+    async def aresult(self) -> Verdict:
+        """result(), awaited: the event loop (a websocket consumer's) serves on meanwhile."""
+        wait = self.deadline - time.time()
+        try:
+            client: Any = async_redis()
+            if wait > 0:
+                # BLPOP takes whole or fractional seconds; 0 would mean "for ever".
+                item: Any = await client.blpop([self.reply], timeout=max(wait, 0.01))
+                raw = None if item is None else item[1]
+            else:
+                raw = await client.lpop(self.reply)
+        except redis.RedisError as exc:
+            raise SafetyUnavailable(f"Redis: {exc}") from exc
+        if raw is None:
+            raise SafetyUnavailable("no verdict from the safety worker in time")
+        return _verdict(raw, self.id)
 
-def submit(text: str, *, kind: str = "input", timeout: float | None = None) -> PendingCheck:
+
+def submit(
+    text: str, *, kind: str = "input", timeout: float | None = None, gate: str = ""
+) -> PendingCheck:
     """Hand `text` to the safety worker (one LPUSH) and return at once.
 
     The worker drops the request unanswered-with-error once `timeout` (default
-    SAFETY_TIMEOUT_SECONDS) has passed. SafetyUnavailable if Redis fails.
+    SAFETY_TIMEOUT_SECONDS) has passed. With `gate` (a gate_key), the answer is also kept
+    there. SafetyUnavailable if Redis fails.
     """
     check_id = uuid.uuid4().hex
     reply = reply_key(check_id)
     wait = settings.SAFETY_TIMEOUT_SECONDS if timeout is None else timeout
     deadline = time.time() + wait
-    payload = _request(check_id, text, kind, reply, deadline)
+    payload = _request(check_id, text, kind, reply, deadline, gate)
     try:
         sync_redis().lpush(requests_key(), payload)
     except redis.RedisError as exc:

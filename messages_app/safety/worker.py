@@ -21,7 +21,7 @@ from django.conf import settings
 
 from messages_app.safety.backends import Backend, BackendError, load
 from messages_app.safety.categories import check_settings, judge
-from messages_app.safety.client import requests_key
+from messages_app.safety.client import GATE_TTL_SECONDS, requests_key
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Request:
     kind: str
     reply: str
     deadline: float
+    gate: str = ""  # a reply's gate key: the answer is also kept there (client.gate_key)
 
 
 def rss_mb() -> float:
@@ -66,6 +67,7 @@ def parse_request(raw: bytes) -> Request | None:
             kind=str(data["kind"]),
             reply=str(data["reply"]),
             deadline=float(data["deadline"]),
+            gate=str(data.get("gate") or ""),
         )
     except (ValueError, KeyError, TypeError):
         logger.warning("safety worker: dropped a malformed request %r", raw[:200])
@@ -148,8 +150,12 @@ class SafetyWorker:
             answers += self._classify(live)
         pipe = self.redis.pipeline(transaction=False)
         for request, answer in answers:
-            pipe.rpush(request.reply, json.dumps(answer, separators=(",", ":")))
+            encoded = json.dumps(answer, separators=(",", ":"))
+            pipe.rpush(request.reply, encoded)
             pipe.expire(request.reply, REPLY_TTL_SECONDS)
+            if request.gate:
+                # The generation of the message's reply reads it before its first delta.
+                pipe.set(request.gate, encoded, ex=GATE_TTL_SECONDS)
         pipe.execute()
         self.answered += len(answers)
 

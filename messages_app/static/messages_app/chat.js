@@ -463,6 +463,8 @@
     entry.el.className = "msg msg-" + role;
     entry.el.setAttribute("data-role", role);
     entry.el.setAttribute("data-status", msg.status || "");
+    // The reply to a message the content filter blocked has nothing to show.
+    entry.el.hidden = role === "assistant" && msg.status === "blocked" && msg.finish_reason === "input_blocked";
     if (msg.id != null) entry.el.setAttribute("data-id", String(msg.id));
     if (msg.generation_id != null) entry.el.setAttribute("data-generation-id", String(msg.generation_id));
     var content = msg.content || "";
@@ -534,7 +536,11 @@
     } else {
       var local = entry.msg;
       var merged = Object.assign({}, local, msg);
-      if (local.status && statusRank(msg.status) < statusRank(local.status)) {
+      if (local.status === "blocked" && msg.status !== "blocked") {
+        // Blocked by the content filter after this snapshot was taken: blocked it stays.
+        merged.status = "blocked";
+        merged.safety = local.safety;
+      } else if (local.status && statusRank(msg.status) < statusRank(local.status)) {
         // A stale snapshot (e.g. a repeated message.created): keep the progress we already have.
         merged.status = local.status;
         merged.content = local.content;
@@ -718,6 +724,13 @@
   // The content filter blocked the message being sent: it is kept, marked blocked (the
   // server's message.created replaces this local copy with the saved one).
   function blockPending(details) {
+    var sent = details && details.message_id != null ? state.messages.get(details.message_id) : null;
+    if (sent) {
+      sent.msg.status = "blocked";
+      sent.msg.safety = { flagged: true, categories: details.categories || [] };
+      sent.retryable = false;
+      renderMessage(sent);
+    }
     state.pending.forEach(function (entry) {
       if (entry.msg.status !== "sending") return;
       entry.msg.status = "blocked";
