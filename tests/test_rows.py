@@ -49,7 +49,7 @@ def test_the_worker_load_gives_the_orm_instances(user, character):
 def test_the_send_lock_reads_the_conversation_its_character_and_its_leaf(user, character):
     conversation = conversation_create(owner=user, character=character)
     with transaction.atomic():
-        locked, depth, has_children = _lock_for_send(conversation)
+        locked, depth, has_children = _lock_for_send(conversation, user.pk)
     assert _fields(locked) == _fields(Conversation.objects.get(pk=conversation.pk))
     assert _fields(locked.character) == _fields(Character.objects.get(pk=character.pk))
     assert (depth, has_children) == (0, False)  # the greeting, a leaf
@@ -58,7 +58,7 @@ def test_the_send_lock_reads_the_conversation_its_character_and_its_leaf(user, c
     # Back on the greeting's branch: its leaf (the greeting) now has a child.
     Conversation.objects.filter(pk=conversation.pk).update(active_leaf=greeting)
     with transaction.atomic():
-        _, depth, has_children = _lock_for_send(conversation)
+        _, depth, has_children = _lock_for_send(conversation, user.pk)
     assert (depth, has_children) == (0, True)
 
 

@@ -280,6 +280,7 @@ def test_the_generation_itself_holds_back_a_blocked_messages_reply(
 
     fake_llm.push(Script.from_text(CLEAN_REPLY))
     result = message_send(conversation=conversation, author=user, content=INSULT)
+    assert result.check is not None
     result.check.result()  # the verdict is in the gate now
     run_llm_worker()
     reply = Message.objects.get(pk=result.assistant_message.pk)
