@@ -158,7 +158,13 @@ def test_a_blocked_message_is_shown_blocked_in_plain_words(chat):
     assert "blocked by the content filter" in notice
     assert "harassment" in notice
     assert message.locator('[data-testid="message-content"]').inner_text() == INSULT
-    assert page.locator('[data-testid="message"][data-role="assistant"]').count() == 1  # greeting
+    # Its reply ended with it, blocked and empty: it is not shown; the greeting alone is.
+    hidden_reply = page.locator(
+        '[data-testid="message"][data-role="assistant"][data-status="blocked"]'
+    )
+    hidden_reply.wait_for(state="attached")
+    assert not hidden_reply.is_visible()
+    assert page.locator('[data-testid="message"][data-role="assistant"]:visible').count() == 1
 
 
 def test_a_stopped_reply_is_hidden_with_a_notice(chat, fake_llm_server):

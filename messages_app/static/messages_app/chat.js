@@ -524,7 +524,8 @@
       state.pending.delete(msg.client_id);
       entry.error = null;
       entry.retryable = false;
-      entry.msg = {};
+      // Blocked while still pending (the error came first): blocked it stays.
+      entry.msg = entry.msg.status === "blocked" ? { status: "blocked", safety: entry.msg.safety } : {};
       state.messages.set(msg.id, entry);
     }
     if (!entry) {
