@@ -44,7 +44,7 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.contrib.auth import get_user_model
 from redis.commands.core import Script
 
 from messages_app.errors import RateLimited
@@ -122,8 +122,36 @@ def _resolve(defaults: Limits, rows: list[dict[str, Any]]) -> Limits:
     return Limits(**values)
 
 
-_cache: dict[int, tuple[float, list[dict[str, Any]]]] = {}
+@dataclass
+class _Overrides:
+    """Every LimitOverride row, as loaded at `expires - LIMITS_CACHE_SECONDS`: the table is
+    small (set by hand in the admin), so a process holds it whole and a send reads no row."""
+
+    expires: float
+    by_user: dict[int, dict[str, Any]]
+    by_group: dict[int, dict[str, Any]]
+    # user id -> (expiry, that user's group ids): read only while group overrides exist.
+    groups_of: dict[int, tuple[float, frozenset[int]]] = field(default_factory=dict)
+
+
+_overrides: _Overrides | None = None
 _cache_lock = threading.Lock()
+
+
+def _loaded_overrides(now: float) -> _Overrides:
+    global _overrides
+    current = _overrides
+    if current is not None and current.expires > now:
+        return current
+    rows = list(LimitOverride.objects.values("user_id", "group_id", *_FIELDS))
+    loaded = _Overrides(
+        expires=now + LIMITS_CACHE_SECONDS,
+        by_user={r["user_id"]: r for r in rows if r["user_id"] is not None},
+        by_group={r["group_id"]: r for r in rows if r["group_id"] is not None},
+    )
+    with _cache_lock:
+        _overrides = loaded
+    return loaded
 
 
 def _user_id(user: Any) -> int:
@@ -133,30 +161,36 @@ def _user_id(user: Any) -> int:
 def limits_for(user: Any) -> Limits:
     """The limits of `user` (a user or a user id): settings overridden by LimitOverride.
 
-    The override rows (the user's and those of the user's groups: one query) are cached per
-    user for LIMITS_CACHE_SECONDS in each process; the settings are read on every call."""
+    Every override row is held in each process for LIMITS_CACHE_SECONDS (one query per
+    process per period, none per send); while group overrides exist, a user's groups are
+    read once per period too. The settings are read on every call."""
     user_id = _user_id(user)
     now = time.monotonic()
-    cached = _cache.get(user_id)
-    if cached is not None and cached[0] > now:
-        rows = cached[1]
-    else:
-        rows = list(
-            LimitOverride.objects.filter(Q(user_id=user_id) | Q(group__user__id=user_id)).values(
-                "user_id", *_FIELDS
+    overrides = _loaded_overrides(now)
+    rows = []
+    if overrides.by_group:
+        cached = overrides.groups_of.get(user_id)
+        if cached is None or cached[0] <= now:
+            group_ids = frozenset(
+                get_user_model()
+                .groups.through.objects.filter(user_id=user_id)
+                .values_list("group_id", flat=True)
             )
-        )
-        with _cache_lock:
-            if len(_cache) > 10_000:
-                _cache.clear()
-            _cache[user_id] = (now + LIMITS_CACHE_SECONDS, rows)
+            if len(overrides.groups_of) > 10_000:
+                overrides.groups_of.clear()
+            cached = overrides.groups_of[user_id] = (now + LIMITS_CACHE_SECONDS, group_ids)
+        rows = [overrides.by_group[g] for g in cached[1] if g in overrides.by_group]
+    own = overrides.by_user.get(user_id)
+    if own is not None:
+        rows.append(own)
     return _resolve(_defaults(), rows) if rows else _defaults()
 
 
 def forget() -> None:
-    """Drop the cached limits of every user (tests; an admin change applies within 5 s anyway)."""
+    """Drop the cached overrides (tests; an admin change applies within 5 s anyway)."""
+    global _overrides
     with _cache_lock:
-        _cache.clear()
+        _overrides = None
 
 
 # KEYS: 1-3 the minute, hour and day counters of the current windows, 4 the in-flight set,
