@@ -23,6 +23,7 @@ from django.test import Client
 from django.utils import timezone
 
 from fake_llm import FakeLLMServer, Script
+from messages_app import limits
 from messages_app.models import LimitOverride
 from messages_app.moderation import user_ban
 from messages_app.services import conversation_create
@@ -181,7 +182,13 @@ def test_a_stopped_reply_is_hidden_with_a_notice(chat, fake_llm_server):
 
 def test_a_rate_limit_says_which_and_counts_down(chat, fake_llm_server):
     page, user = chat
-    LimitOverride.objects.create(user=user, per_minute=1)
+    # Windows are fixed (they follow the clock): both sends must fall in one hour.
+    left = 3600 - time.time() % 3600
+    if left < 25:
+        time.sleep(left + 0.5)
+    LimitOverride.objects.create(user=user, per_hour=1)
+    # Each process holds the overrides for LIMITS_CACHE_SECONDS: a change applies after that.
+    time.sleep(limits.LIMITS_CACHE_SECONDS + 0.2)
     fake_llm_server.push(Script.from_text(CLEAN_REPLY))
     _send(page, "Hello")
     page.locator('[data-testid="message"][data-role="assistant"][data-status="completed"]').nth(
@@ -191,9 +198,11 @@ def test_a_rate_limit_says_which_and_counts_down(chat, fake_llm_server):
     banner = page.locator('[data-testid="banner"][data-kind="rate-limited"]')
     banner.wait_for()
     text = banner.inner_text()
-    assert "limit of messages per minute" in text
-    assert "You can send again in" in text
+    assert "limit of messages per hour" in text
+    assert "You can send again in" in text and " min." in text
     assert page.locator('[data-testid="send"]').is_disabled()
+    failed = page.locator('[data-testid="message"][data-role="user"][data-status="failed"]')
+    assert "sending limit" in failed.locator('[data-testid="message-error"]').inner_text()
 
 
 def test_a_ban_closes_the_page_with_its_end_and_reason(chat, stack):
