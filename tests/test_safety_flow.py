@@ -5,6 +5,7 @@ and what users may and may not see of a blocked reply."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.conf import settings
 
 from fake_llm import Script
 from messages_app.models import Message, ReviewItem
+from messages_app.safety.client import alive_key
 from messages_app.streams import log_key
 from tests.helpers import (
     arun_llm_worker,
@@ -139,12 +141,30 @@ def test_an_edit_is_checked_too(api, conversation, filtering, fake_llm):
     assert [m.status for m in edited.children.all()] == ["blocked"]
 
 
-def test_with_no_answer_from_the_safety_worker_the_send_is_503_and_not_sent(
+def test_with_no_safety_worker_running_the_send_is_503_at_once_and_nothing_is_saved(
     api, conversation, filtering, fake_llm
 ):
-    # Another installation's name: no safety worker serves its request list.
+    # Another installation's name: no safety worker serves it (none keeps its alive key).
     filtering.SERVICE_NAME = "no-safety-worker-here"
+    count = Message.objects.count()
+    began = time.monotonic()
+    response = _send(api, conversation, "Hello")
+    assert time.monotonic() - began < filtering.SAFETY_TIMEOUT_SECONDS, "no wait for a timeout"
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "safety_unavailable"
+    assert Message.objects.count() == count
+    assert llm_jobs() == []
+    filtering.SAFETY_ON_ERROR = "allow"
+    assert _send(api, conversation, "Hello").status_code == 202
+
+
+def test_with_no_answer_in_time_the_send_is_503_and_kept_not_sent(
+    api, conversation, filtering, fake_llm
+):
+    # A worker seems alive for this installation, but none answers its requests.
+    filtering.SERVICE_NAME = "silent-safety-worker"
     filtering.SAFETY_TIMEOUT_SECONDS = 0.3
+    redis.Redis.from_url(settings.REDIS_URL).set(alive_key(), "local", ex=60)
     response = _send(api, conversation, "Hello")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "safety_unavailable"

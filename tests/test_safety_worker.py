@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from messages_app.safety.client import acheck, submit
+from messages_app.safety.client import SafetyUnavailable, acheck, submit
 
 ROOT = Path(__file__).resolve().parent.parent
 INSULT = "You are a worthless idiot, shut up."
@@ -48,9 +48,17 @@ class WorkerProcess:
         return self
 
     def ready(self) -> WorkerProcess:
-        """Once it answers a check (loading the classifier takes a few seconds)."""
-        submit("warm up", timeout=60).result()
-        return self
+        """Once it answers a check (loading the classifier takes a few seconds; until it
+        runs, a check fails at once)."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                submit("warm up", timeout=60).result()
+                return self
+            except SafetyUnavailable:
+                assert self.proc is not None and self.proc.poll() is None, self.output()
+                assert time.monotonic() < deadline, "the safety worker did not start"
+                time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None

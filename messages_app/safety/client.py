@@ -7,6 +7,10 @@ Protocol: a check is a JSON request `{id, text, kind, reply, deadline}` LPUSHed 
 (`acheck`) has one reply list per event loop, read by one dispatcher task that hands each
 answer to its waiter, so N concurrent checks hold one Redis connection in BLPOP, not N.
 
+Every running worker keeps `alive_key()` set; a check finds it in the same round trip as
+its LPUSH and fails at once without it, so an outage of the safety workers costs a sender no
+wait.
+
 This module imports no classifier (no scikit-learn, no openai): it must stay cheap to import.
 It does not look at ENABLE_CONTENT_FILTERING; callers decide whether to check at all.
 """
@@ -45,6 +49,12 @@ class SafetyUnavailable(Exception):
 def requests_key() -> str:
     """The Redis list of waiting check requests (LPUSH by clients, popped by the worker)."""
     return f"{settings.SERVICE_NAME}:safety:requests"
+
+
+def alive_key() -> str:
+    """Set by every running safety worker, expiring about 15 s after the last one stopped:
+    with none, a check fails at once instead of waiting for its timeout."""
+    return f"{requests_key()}:alive"
 
 
 def reply_key(name: str) -> str:
@@ -156,9 +166,15 @@ def submit(
     deadline = time.time() + wait
     payload = _request(check_id, text, kind, reply, deadline, gate)
     try:
-        sync_redis().lpush(requests_key(), payload)
+        with sync_redis().pipeline(transaction=False) as pipe:
+            pipe.lpush(requests_key(), payload)
+            pipe.exists(alive_key())
+            _, alive = pipe.execute()
     except redis.RedisError as exc:
         raise SafetyUnavailable(f"Redis: {exc}") from exc
+    if not alive:
+        # Left in the list: a worker that starts answers it "expired" (nobody waits).
+        raise SafetyUnavailable("no safety worker is running")
     return PendingCheck(check_id, reply, deadline)
 
 
@@ -249,7 +265,12 @@ async def acheck(text: str, *, kind: str = "output", timeout: float | None = Non
     payload = _request(check_id, text, kind, dispatcher.key, time.time() + wait)
     future = dispatcher.wait_for(check_id)
     try:
-        await dispatcher.client.lpush(requests_key(), payload)
+        async with dispatcher.client.pipeline(transaction=False) as pipe:
+            pipe.lpush(requests_key(), payload)
+            pipe.exists(alive_key())
+            _, alive = await pipe.execute()
+        if not alive:
+            raise SafetyUnavailable("no safety worker is running")
         return await asyncio.wait_for(future, wait)
     except redis.RedisError as exc:
         raise SafetyUnavailable(f"Redis: {exc}") from exc

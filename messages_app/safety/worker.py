@@ -21,7 +21,7 @@ from django.conf import settings
 
 from messages_app.safety.backends import Backend, BackendError, load
 from messages_app.safety.categories import check_settings, judge
-from messages_app.safety.client import GATE_TTL_SECONDS, requests_key
+from messages_app.safety.client import GATE_TTL_SECONDS, alive_key, requests_key
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,11 @@ class SafetyWorker:
         logger.info("safety worker ready: serving %s (%s backend)", self.key, self.backend.name)
         while not self.stopping.is_set():
             try:
-                self.redis.set(beat, self.backend.name, ex=HEARTBEAT_TTL_SECONDS)
+                with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.set(beat, self.backend.name, ex=HEARTBEAT_TTL_SECONDS)
+                    # Any worker alive: clients fail fast when there is none (client.submit).
+                    pipe.set(alive_key(), self.backend.name, ex=HEARTBEAT_TTL_SECONDS)
+                    pipe.execute()
                 raws = self._pop()
                 if raws:
                     self.handle(raws)
