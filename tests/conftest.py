@@ -23,7 +23,7 @@ from tests.helpers import session_headers
 
 @pytest.fixture(autouse=True)
 def _clean_redis() -> Iterator[None]:
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client: Any = redis.Redis.from_url(settings.REDIS_URL)
     # A safety worker process that outlives a test keeps its presence (its keys are renewed
     # every second anyway): without it, checks would fail fast as if none ran.
     kept = [

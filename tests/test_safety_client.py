@@ -21,14 +21,37 @@ from messageservice import embedded, redis_clients
 from tests.test_safety_worker import INSULT, KIND, ROOT
 
 
-def test_with_no_worker_a_check_fails_within_its_timeout():
+def _seems_alive() -> None:
+    """As a running worker does: its alive key (no worker answers here)."""
+    redis.Redis.from_url(settings.REDIS_URL).set(client.alive_key(), "local", ex=60)
+
+
+def test_with_no_worker_running_a_check_fails_at_once():
+    redis.Redis.from_url(settings.REDIS_URL).delete(client.alive_key())
+    started = time.monotonic()
+    with pytest.raises(SafetyUnavailable, match="no safety worker is running"):
+        submit(INSULT)
+    assert time.monotonic() - started < 0.2
+
+
+async def test_with_no_worker_running_an_async_check_fails_at_once():
+    await asyncio.to_thread(redis.Redis.from_url(settings.REDIS_URL).delete, client.alive_key())
+    started = time.monotonic()
+    with pytest.raises(SafetyUnavailable, match="no safety worker is running"):
+        await acheck(INSULT, timeout=5)
+    assert time.monotonic() - started < 0.2
+
+
+def test_with_no_answer_a_check_fails_within_its_timeout():
+    _seems_alive()
     started = time.monotonic()
     with pytest.raises(SafetyUnavailable, match="no verdict"):
         submit(INSULT).result(timeout=0.3)
     assert 0.3 <= time.monotonic() - started < 1.5
 
 
-async def test_with_no_worker_an_async_check_fails_within_its_timeout():
+async def test_with_no_answer_an_async_check_fails_within_its_timeout():
+    await asyncio.to_thread(_seems_alive)
     started = time.monotonic()
     with pytest.raises(SafetyUnavailable, match="no verdict"):
         await acheck(INSULT, timeout=0.3)
@@ -37,6 +60,7 @@ async def test_with_no_worker_an_async_check_fails_within_its_timeout():
 
 def test_a_request_past_its_deadline_is_answered_with_an_error_not_classified():
     worker = SafetyWorker(backend_name="local")
+    _seems_alive()  # this worker runs in the test, not its loop
     late = submit(INSULT, timeout=0.05)
     live = submit(KIND, timeout=30)
     time.sleep(0.1)

@@ -4,6 +4,7 @@ Redis: verdicts, and many checks at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
 
 from messages_app.safety.client import SafetyUnavailable, acheck, submit
@@ -70,6 +72,13 @@ class WorkerProcess:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+            # Its alive key would outlive it by up to 15 s: the next tests start without it.
+            with contextlib.suppress(redis.RedisError):
+                url = self.env["REDIS_URL"]
+                redis.Redis.from_url(url).delete(f"{self.env_service()}:safety:requests:alive")
+
+    def env_service(self) -> str:
+        return self.env.get("SERVICE_NAME") or settings.SERVICE_NAME
 
     def output(self) -> str:
         return self.log.read_text()
@@ -112,7 +121,6 @@ def test_many_sync_checks_submitted_together_are_all_answered(local_worker):
 def test_the_deploy_health_check_sees_the_safety_worker_of_this_host(local_worker, tmp_path):
     """`deploy/healthcheck.py safety` (the compose and k8s probe): 0 while a worker on this
     host keeps its heartbeat, 1 for an installation (SERVICE_NAME) where none runs."""
-    import redis
 
     # Each test starts on a flushed Redis: wait for the worker's next heartbeat (every 1 s).
     client = redis.Redis.from_url(settings.REDIS_URL)

@@ -5,6 +5,7 @@ real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -169,7 +170,9 @@ def test_sigterm_stops_the_worker_cleanly(tmp_path):
     started = time.monotonic()
     assert worker.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5
-    assert "stopped after 2 answers" in worker.output()
+    # The two checks, and the requests ready() left while the worker was still starting.
+    stopped = re.search(r"stopped after (\d+) answers", worker.output())
+    assert stopped is not None and int(stopped.group(1)) >= 2
 
 
 def test_the_worker_refuses_to_start_with_an_unknown_category_threshold(tmp_path):
