@@ -40,6 +40,7 @@ run: install install-llm migrate
 	@echo ""
 	@echo "  Message Service: open http://127.0.0.1:$(PORT)/ and log in as demo / demo-password"
 	@echo "  API docs: http://127.0.0.1:$(PORT)/api/docs/   Admin: createsuperuser, then /admin/"
+	@echo "  Moderation: /admin/ as moderator / moderator-password (the review queue, bans, audit trail)"
 	@echo "  Ctrl-C stops everything."
 	@echo ""
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HTTP_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
