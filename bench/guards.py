@@ -24,7 +24,7 @@ import aiohttp
 from bench import scenarios
 from bench.clients import ServiceClient, StreamRecord
 from bench.sampler import CpuMeter, CpuTally, Sampler
-from bench.stack import GUARDS, Stack, StackConfig
+from bench.stack import GUARDS, ROOT, Stack, StackConfig
 from bench.stats import p50_difference_interval, summary
 
 SERIES = ("off", "safety", "limits", "on")
@@ -166,11 +166,12 @@ def _analyse(
     seq_direct: list[StreamRecord],
     burst_direct: list[StreamRecord],
     size: int,
+    base_name: str = "off",
 ) -> dict[str, Any]:
-    base = members.get("off")
+    base = members.get(base_name)
     configs: dict[str, Any] = {}
     for name, m in members.items():
-        safety, limits = GUARDS[name]
+        safety, limits = m.stack.config.content_filtering, m.stack.config.rate_limits
         burst_added = [
             scenarios.ttft_table(records, burst_direct)["added_ms"] for records in m.burst_rounds
         ]
@@ -204,8 +205,8 @@ def _analyse(
             },
             "rejections": dict(m.b.api.rejections),
         }
-        if base is not None and name != "off":
-            entry["vs_off"] = {
+        if base is not None and name != base_name:
+            entry["vs_off" if base_name == "off" else "vs_base"] = {
                 "sequential": _difference(m.service, base.service),
                 "burst": _difference(m.burst_service, base.burst_service),
             }
@@ -224,7 +225,12 @@ def _analyse(
 
 
 async def _run(
-    members: dict[str, Member], opts: scenarios.Options, requests: int, size: int
+    members: dict[str, Member],
+    opts: scenarios.Options,
+    requests: int,
+    size: int,
+    base_name: str = "off",
+    label: str = "guards",
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -251,11 +257,11 @@ async def _run(
             }
             for name, m in members.items()
         }
-        print(f"[bench] guards: {requests} requests one at a time, interleaved ...", flush=True)
+        print(f"[bench] {label}: {requests} requests one at a time, interleaved ...", flush=True)
         seq_direct, seq_seconds = await _sequential(members, opts, requests)
-        print(f"[bench] guards: {size} streams at once, interleaved ...", flush=True)
+        print(f"[bench] {label}: {size} streams at once, interleaved ...", flush=True)
         burst_direct, burst_seconds = await _bursts(members, opts, size)
-    result = _analyse(members, opts, seq_direct, burst_direct, size)
+    result = _analyse(members, opts, seq_direct, burst_direct, size, base_name)
     result["idle_cpu_ms_per_s"] = idle
     result["seconds_sequential"] = round(seq_seconds, 1)
     result["seconds_burst"] = round(burst_seconds, 1)
@@ -272,14 +278,20 @@ def measure(
     log_dir: Path,
     deadline: float,
     on_stack: Any = None,
+    roots: dict[str, Path] | None = None,
+    base_name: str = "off",
+    label: str = "guards",
 ) -> dict[str, Any]:
-    """Start one stack per guard configuration in `names` (of GUARDS), measure them
-    interleaved, stop them; the per-configuration results and the differences vs "off"."""
+    """Start one stack per configuration in `names`, measure them interleaved, stop them; the
+    per-configuration results and the differences vs `base_name`.
+
+    A name is a guard configuration of GUARDS, or (with `roots`) a checkout whose code runs,
+    with both guards on (bench --compare-code: this change's code beside an older one)."""
     members: dict[str, Member] = {}
     started = time.monotonic()
     try:
         for name in names:
-            safety, limits = GUARDS[name]
+            safety, limits = GUARDS[name] if roots is None else GUARDS["on"]
             stack = Stack(
                 StackConfig(
                     tokens=opts.tokens,
@@ -288,13 +300,14 @@ def measure(
                     server=server,
                     content_filtering=safety,
                     rate_limits=limits,
-                    log_dir=log_dir / f"guards-{name}",
+                    log_dir=log_dir / f"{label}-{name}",
+                    root=ROOT if roots is None else roots[name],
                 )
             )
             if on_stack is not None:
                 on_stack(stack)
             members[name] = Member(name, stack)
-        print(f"[bench] guards: starting the stacks {', '.join(names)} ...", flush=True)
+        print(f"[bench] {label}: starting the stacks {', '.join(names)} ...", flush=True)
         # Side by side (start-up is mostly waiting); nothing is measured yet.
         with ThreadPoolExecutor(len(members)) as pool:
             for future in [pool.submit(m.stack.start) for m in members.values()]:
@@ -308,7 +321,7 @@ def measure(
             m.meter = CpuMeter(m.stack.service_pids())
         result = asyncio.run(
             asyncio.wait_for(
-                _run(members, opts, requests, size),
+                _run(members, opts, requests, size, base_name, label),
                 timeout=max(1.0, deadline - time.monotonic()),
             )
         )
@@ -316,7 +329,7 @@ def measure(
         for m in members.values():
             if m.sampler is not None:
                 m.sampler.stop()
-        print("[bench] guards: stopping the stacks ...", flush=True)
+        print(f"[bench] {label}: stopping the stacks ...", flush=True)
         for m in members.values():
             m.stack.stop()
     result["order"] = [_order(list(members), k) for k in range(len(members))]

@@ -286,6 +286,9 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append(["8", "Content filtering and rate limits, each vs both off: added TTFT p50"
                      " one at a time, and at 50 streams", "≤ +1 ms; not worse", "n/a",
                      "not run"])  # fmt: skip
+    for what, target, measured, verdict in code_checks(results):
+        rows.append(["9", what, target, measured,
+                     {"PASS": "**pass**", "FAIL": "**miss**"}.get(verdict, verdict)])  # fmt: skip
     return rows
 
 
@@ -681,6 +684,151 @@ def guards_console(results: dict[str, Any]) -> list[str]:
     return ["guards on and off (ms):", *table, *checks]
 
 
+# --- this change's code beside an older checkout (bench --compare-code; issue 10) ---------------
+# Issue 10: metrics and the reply-finished hook may add at most 1 ms to added TTFT p50.
+CODE_SEQ_BUDGET_MS = 1.0
+CODE_LABELS = {"before": "before (older checkout)", "after": "after (this code)"}
+
+
+def _code(data: dict[str, Any]) -> dict[str, Any]:
+    series = data.get("code")
+    return series if isinstance(series, dict) and series.get("configs") else {}
+
+
+def git_commit(root: Path) -> str | None:
+    """The checkout's HEAD commit (short), and "+changes" when its tracked files differ."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" +changes" if dirty else "")  # fmt: skip
+
+
+def code_checks(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The issue's budget for the change, as measured: (what, target, measured, PASS/FAIL).
+    The same rule as the guards': one at a time the p50 difference ≤ +1 ms; at the burst, FAIL
+    only if the whole 95 % interval of the difference is above 0."""
+    configs = _code(normalize(results)).get("configs") or {}
+    diff = _get(configs.get("after") or {}, "vs_base") or {}
+    if not diff:
+        return []
+    size = _get(configs["after"], "burst", "streams") or LOAD_STREAMS
+    seq = diff.get("sequential") or {}
+    value = seq.get("p50")
+    verdict = "n/a" if value is None else "PASS" if value <= CODE_SEQ_BUDGET_MS else "FAIL"
+    rows = [
+        (
+            "This change (after − before, interleaved): added TTFT p50 one at a time",
+            f"≤ +{CODE_SEQ_BUDGET_MS:g} ms",
+            f"{_plus(value)} ms{_interval(seq)}",
+            verdict,
+        )
+    ]
+    burst = diff.get("burst") or {}
+    value, interval = burst.get("p50"), burst.get("p50_interval95")
+    if value is None:
+        verdict = "n/a"
+    elif value <= 0 or (interval and interval[0] <= 0):
+        verdict = "PASS"
+    else:
+        verdict = "FAIL"
+    rows.append(
+        (
+            f"This change (after − before, interleaved): added TTFT p50 at {size} streams",
+            "not worse (≤ 0 within noise)",
+            f"{_plus(value)} ms{_interval(burst)}",
+            verdict,
+        )
+    )
+    return rows
+
+
+def code_table(results: dict[str, Any]) -> list[str]:
+    configs = _code(normalize(results)).get("configs") or {}
+    if not configs:
+        return []
+    size = next(iter(configs.values()))["burst"]["streams"]
+    lines = [
+        f"| code | added TTFT p50, one at a time | p95 | Δ p50 vs before | Δ p95 |"
+        f" added TTFT p50, {size} at once | p95 | Δ p50 vs before | Δ p95 |"
+        " CPU per reply, one at a time / at once |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, entry in configs.items():
+        cells = [CODE_LABELS.get(name, name)]
+        for part in ("sequential", "burst"):
+            diff = _get(entry, "vs_base", part) or {}
+            cells += [
+                fmt_ms(_get(entry, part, "ttft", "added_ms", "p50")),
+                fmt_ms(_get(entry, part, "ttft", "added_ms", "p95")),
+                (f"{_plus(diff.get('p50'))}{_interval(diff)}" if diff else "–"),
+                _plus(diff.get("p95")) if diff else "–",
+            ]
+        cells.append(
+            f"{_cpu_parts(_get(entry, 'sequential', 'cpu_per_reply_ms'))} /"
+            f" {_cpu_parts(_get(entry, 'burst', 'cpu_per_reply_ms'))}"
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def code_console(results: dict[str, Any]) -> list[str]:
+    table = code_table(results)
+    if not table:
+        return []
+    checks = [f"{w}: {m} (target {t}) → {v}" for w, t, m, v in code_checks(results)]
+    return ["this code beside the older checkout (ms):", *table, *checks]
+
+
+def _code_section(data: dict[str, Any]) -> list[str]:
+    series = _code(data)
+    if not series:
+        return []
+    meta = data["meta"].get("compare_code") or {}
+    configs = series["configs"]
+    size = next(iter(configs.values()))["burst"]["streams"]
+    rounds = _n(next(iter(configs.values()))["burst"]["rounds"], "round")
+
+    def code(which: str) -> str:
+        info = meta.get(which) or {}
+        return f"commit {info.get('commit') or '?'} (sources sha256 {info.get('sha256', '?')})"
+
+    return [
+        "### 10. This change's code beside the code before it (issue 10)",
+        "",
+        f"Two stacks, both guards on, as deployed: one runs the code before the change"
+        f" ({code('before')}), one this code ({code('after')}). Each as the main one, plus the"
+        " post-processing workers its own Procfile runs (before: one `rqworker messages"
+        " analytics default`; after: `rqworker messages default` and `analytics_worker`, every"
+        " worker with its metrics port). Both started before anything was measured, then"
+        f" {series['requests']} requests one at a time per stack (after {series['warmup']}"
+        f" warm-ups) and {rounds} of {size} streams at once, sent alternately in the order of"
+        " a Williams square, as in section 9. CPU per reply counts the web server, the llm"
+        " worker and the safety worker (web / worker / safety), not the post-processing workers."
+        f" Took {series['seconds']:.0f} s with start-up.",
+        "",
+        *code_table(data),
+        "",
+        "| what | target | measured | |",
+        "|---|---|---|---|",
+        *[f"| {w} | {t} | {m} | **{v}** |" for w, t, m, v in code_checks(data)],
+        "",
+    ]
+
+
 def rejections(results: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Guard refusals (and replies stopped by the output check) the bench met, per stack."""
     data = normalize(results)
@@ -689,6 +837,7 @@ def rejections(results: dict[str, Any]) -> dict[str, dict[str, int]]:
     runs += [
         (f"guards {name}", entry) for name, entry in (_guards(data).get("configs") or {}).items()
     ]
+    runs += [(f"code {name}", entry) for name, entry in (_code(data).get("configs") or {}).items()]
     for label, run in runs:
         counts = {k: int(v) for k, v in (run.get("rejections") or {}).items() if v}
         if counts:
@@ -1269,6 +1418,7 @@ def render(results: dict[str, Any], plot_name: str | None, notes: str) -> str:
                 lines.append("  frames: " + " ".join(f.get("trace", [])))
             lines += ["```", ""]
     lines += _guards_section(data)
+    lines += _code_section(data)
     lines += _profile(data.get("profiles"))
     lines += ["## Analysis", "", NOTES_BEGIN, notes, NOTES_END, ""]
     return "\n".join(lines)

@@ -135,6 +135,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"the guard configurations compared (default {','.join(guards.SERIES)})",
     )
     parser.add_argument(
+        "--compare-code",
+        type=Path,
+        metavar="CHECKOUT",
+        help="then run the sequential scenario and the largest burst on a stack of CHECKOUT's"
+        " code (e.g. a worktree of the commit before a change) and one of this code, both guards"
+        " on, interleaved: the change's cost side by side (bench/guards.py)",
+    )
+    parser.add_argument(
         "--uvicorn-ws",
         choices=("websockets", "websockets-sansio", "wsproto"),
         default="websockets",
@@ -440,6 +448,29 @@ def main(argv: list[str] | None = None) -> int:
             deadline=deadline,
             on_stack=lambda stack: atexit.register(stack.stop),
         )
+    if args.compare_code is not None:
+        requests = args.guard_requests or (10 if args.quick else guards.REQUESTS)
+        size = max(opts.bursts)
+        before = args.compare_code.resolve()
+        meta["compare_code"] = {
+            "requests": requests,
+            "streams": size,
+            "before": report.app_fingerprint(before) | {"commit": report.git_commit(before)},
+            "after": report.app_fingerprint(ROOT) | {"commit": report.git_commit(ROOT)},
+        }
+        results["code"] = guards.measure(
+            ["before", "after"],
+            opts,
+            requests=requests,
+            size=size,
+            server=args.server,
+            log_dir=args.out / "logs",
+            deadline=deadline,
+            on_stack=lambda stack: atexit.register(stack.stop),
+            roots={"before": before, "after": ROOT},
+            base_name="before",
+            label="code",
+        )
     meta["seconds"] = time.monotonic() - started
     meta["app_code_after"] = report.app_fingerprint(ROOT)
     meta["machine"] = report.machine_info(redis_version)
@@ -450,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] wrote {args.out / 'results.json'} and {results_path}")
     for row in report.summary_rows(results):
         print("  " + " | ".join(row))
-    for line in report.guards_console(results):
+    for line in report.guards_console(results) + report.code_console(results):
         print("  " + line)
     refused = report.rejections(results)
     if refused:

@@ -117,6 +117,11 @@ class StackConfig:
     content_filtering: bool = True
     rate_limits: bool = True
     log_dir: Path = ROOT / "bench" / "out" / "logs"
+    # The checkout whose code runs (bench --compare-code runs an older one beside this one).
+    root: Path = ROOT
+    # The post-processing workers as the checkout's Procfile runs them (queue `messages`, and
+    # the analytics worker where the code has one): they take what reply_finished hands on.
+    post_workers: bool = True
 
     @property
     def guards(self) -> str:
@@ -219,8 +224,32 @@ class Stack:
         self._spawn("web", self.web_command(), log_name=cfg.server)
         self._wait("web", lambda: _http_status(f"{self.web_url}/health", 2.0) == 200, 60)
 
-        self._spawn("worker", [sys.executable, "manage.py", "rqworker", "llm"])
+        self._spawn(
+            "worker", [sys.executable, "manage.py", "rqworker", "llm"], env=self._metrics_port()
+        )
         self._wait("worker", self._worker_listening, 60)
+
+        if cfg.post_workers:
+            analytics = (
+                cfg.root / "analytics_app" / "management" / "commands" / "analytics_worker.py"
+            )
+            if analytics.exists():
+                self._spawn(
+                    "messages",
+                    [sys.executable, "manage.py", "rqworker", "messages", "default"],
+                    env=self._metrics_port(),
+                )
+                self._spawn(
+                    "analytics",
+                    [sys.executable, "manage.py", "analytics_worker"],
+                    env=self._metrics_port(),
+                )
+            else:
+                # Before issue 10: one worker on the post-processing queues, as its Procfile.
+                self._spawn(
+                    "messages",
+                    [sys.executable, "manage.py", "rqworker", "messages", "analytics", "default"],
+                )
 
         if cfg.content_filtering:
             # Before any send: with filtering on and no safety worker, every send is refused.
@@ -228,7 +257,7 @@ class Stack:
             self._spawn(
                 "safety",
                 [sys.executable, "manage.py", "safety_worker"],
-                env={"LOG_LEVEL": "INFO"},
+                env={"LOG_LEVEL": "INFO", **self._metrics_port()},
             )
             self._wait("safety", self._safety_ready, 120)
 
@@ -256,7 +285,7 @@ class Stack:
     def stop(self) -> None:
         """Stop the worker first (it finishes running replies; their live output checks need
         the safety worker), then the safety worker, the web server, the LLM, Redis."""
-        for name in ("worker", "safety", "web", "fake_llm", "redis"):
+        for name in ("worker", "messages", "analytics", "safety", "web", "fake_llm", "redis"):
             proc = self.procs.get(name)
             if proc is not None:
                 _terminate(proc, timeout=20 if name == "worker" else 10)
@@ -284,7 +313,7 @@ class Stack:
         """Run `manage.py <args>` with the stack's environment; its stdout."""
         cmd = [sys.executable, "manage.py", *args]
         done = subprocess.run(
-            cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+            cmd, cwd=self.config.root, env=self.env, capture_output=True, text=True, timeout=timeout
         )
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
@@ -295,7 +324,7 @@ class Stack:
         cmd = [sys.executable, "-m", "bench.dbtool", *args]
         done = subprocess.run(
             cmd,
-            cwd=ROOT,
+            cwd=self.config.root,
             env=self.env,
             input=json.dumps(stdin_data) if stdin_data is not None else "",
             capture_output=True,
@@ -332,7 +361,7 @@ class Stack:
         log_file = log_path.open("wb")
         popen = subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=self.config.root,
             env=self.env | (env or {}),
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -342,6 +371,10 @@ class Stack:
         proc = Proc(name, popen, log_path, log_file)
         self.procs[name] = proc
         return proc
+
+    def _metrics_port(self) -> dict[str, str]:
+        """A worker's own metrics port (several stacks run side by side on one host)."""
+        return {"METRICS_PORT": str(free_port())}
 
     def _wait(self, name: str, ready: Any, timeout: float) -> None:
         proc = self.procs[name]
