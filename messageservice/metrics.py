@@ -430,3 +430,13 @@ def start_worker_exporter(kind: str) -> int | None:
         _exporter = server
     logger.info("%s worker: metrics on %s:%s%s", kind, settings.METRICS_ADDR, port, METRICS_PATH)
     return port
+
+
+def stop_worker_exporter() -> None:
+    """Stop this process's exporter, if it runs (tests; a worker's ends with its process)."""
+    global _exporter
+    with _exporter_lock:
+        server, _exporter = _exporter, None
+    if server is not None:
+        server.shutdown()
+        server.server_close()
