@@ -36,7 +36,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -312,7 +312,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return HttpResponse(status=405, headers={"Allow": "GET, HEAD"})
     _register_web_collector()
-    response = HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    response = HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_PLAIN_0_0_4)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -380,7 +380,7 @@ def exporter_app(environ: dict[str, Any], start_response: Callable[..., Any]) ->
         return [b""]
     body = generate_latest(REGISTRY)
     start_response(
-        "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))]
+        "200 OK", [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))]
     )
     return [body]
 

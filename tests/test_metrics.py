@@ -319,8 +319,6 @@ def test_the_worker_exporter_serves_this_process_with_the_bearer_check(
         assert b'llm_time_to_first_token_seconds_bucket{le="0.2",service="message-service"}' in (
             body
         )
-        # The global values are daphne's: a worker does not export them.
-        assert b"message_queue_size" not in body
         assert _exporter_get(port, "/metrics", None)[0] == 401
         assert _exporter_get(port, "/metrics", "Bearer nope")[0] == 401
         assert _exporter_get(port, "/", f"Bearer {token}")[0] == 404

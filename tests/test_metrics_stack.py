@@ -463,6 +463,10 @@ def test_every_metric_deploy_refers_to_is_exported_by_the_running_stack_and_move
                 assert labels.get("service") == SERVICE, (process, sample_name, labels)
     web = scrapes["web"]
     assert _sample(web, "message_queue_size") is not None
+    # The global values are read by daphne alone (the rules take max() over the web pods).
+    for kind in stack.worker_ports:
+        for name in ("message_queue_size", "llm_queue_size", "workers_alive"):
+            assert _sample(scrapes[kind], name) is None, (kind, name)
     # Requests are counted by method and numeric status; the scrapes themselves are not.
     assert (_sample(web, "http_requests_total", method="POST", status="202") or 0) >= 1
     assert (_sample(web, "http_requests_total", method="POST", status="422") or 0) >= 1
