@@ -14,7 +14,10 @@ seed's `python manage.py rqworker llm` picks it up with no flags), keeps RQ's qu
 - runs a keeper thread that renews the slot leases of running jobs and reaps generations whose
   worker died (llm_app.reaper) every REAPER_INTERVAL_SECONDS, even while idle in a dequeue.
   As every rqworker of the service uses this class, orphans are settled even when no llm
-  worker runs.
+  worker runs. The keeper also beats the process's liveness (messageservice.liveness, kind
+  from the queues: llm, messages, analytics), and the process serves its own metrics on
+  METRICS_PORT (messageservice.metrics): jobs run in threads of this one process, so one
+  in-memory registry holds every count (a forked horse per job would take its counts with it).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import as_text
 
+from messageservice import liveness, metrics
 from messageservice.redis_clients import sync_redis
 
 logger = logging.getLogger(__name__)
@@ -160,9 +164,15 @@ class GenerationWorker(SimpleWorker):
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keeper_stop = threading.Event()
+        # The worker kind of liveness and metrics: the first of its queues that names one.
+        self.kind: str | None = next(
+            (kind for kind in ("llm", "messages", "analytics") if kind in self.queue_names()),
+            None,
+        )
 
     # --- the work loop ---------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        metrics.start_worker_exporter(self.kind or "rq")
         loop, thread = _start_loop()
         self._loop = loop
         self._keeper_stop.clear()
@@ -177,6 +187,12 @@ class GenerationWorker(SimpleWorker):
             asyncio.run_coroutine_threadsafe(_close_loop_resources(), loop).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
+            keeper.join(timeout=10)
+            if self.kind is not None:
+                try:
+                    liveness.gone(self.kind, self.name)
+                except redis.RedisError as exc:
+                    logger.warning("worker: could not unregister its liveness (%s)", exc)
 
     def _wait_for_jobs(self) -> None:
         while True:
@@ -189,14 +205,24 @@ class GenerationWorker(SimpleWorker):
                 self.heartbeat()
 
     def _keep(self) -> None:
-        """The keeper thread: renew running jobs' slot leases, and reap orphans."""
+        """The keeper thread: beat liveness, renew running jobs' slot leases, reap orphans.
+        It wakes at least every LIVENESS_TTL_SECONDS / 3 (10 s)."""
         from llm_app.reaper import reap_orphans
 
         interval = max(0.5, settings.REAPER_INTERVAL_SECONDS)
-        renew_every = max(0.5, min(interval, settings.GENERATION_LEASE_SECONDS / 3))
+        renew_every = max(
+            0.5,
+            min(
+                interval,
+                settings.GENERATION_LEASE_SECONDS / 3,
+                liveness.LIVENESS_TTL_SECONDS / 3,
+            ),
+        )
         next_reap = time.monotonic()
         while True:
             try:
+                if self.kind is not None:
+                    liveness.beat(self.kind, self.name)
                 self._renew_slots()
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + interval

@@ -28,6 +28,7 @@ from messages_app.models import Conversation, Message
 from messages_app.safety.client import SafetyUnavailable
 from messages_app.safety_flow import input_settle
 from messages_app.streams import log_last_seq, log_read_after
+from messageservice import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     conversation: Conversation
     group: str = ""
     user_group: str = ""
+    counted: bool = False  # in websocket_connections
 
     @classmethod
     async def encode_json(cls, content: Any) -> str:
@@ -59,6 +61,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.stream_keys: dict[int, UUID] = {}  # generation id -> its reply's token log
         user = self.scope.get("user")
         await self.accept()
+        self.counted = True
+        metrics.websocket_opened()
         if user is None or not user.is_authenticated:
             await self._error("not_authenticated", "Log in or use a websocket ticket.")
             await self.close(code=CLOSE_UNAUTHORIZED)
@@ -103,6 +107,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def disconnect(self, code: int) -> None:
+        if self.counted:
+            self.counted = False
+            metrics.websocket_closed()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.user_group:

@@ -25,9 +25,11 @@ from messageservice import metrics
 logger = logging.getLogger("messages_app.replies")
 
 
-def reply_finished(message: Message) -> None:
+def reply_finished(message: Message, code: str = "") -> None:
     """A reply reached a terminal status (committed): `message` as saved, with its
-    conversation loaded (it may have been deleted since). Never raises into its caller."""
+    conversation loaded (it may have been deleted since); `code` the error code it ended with
+    (ReplyEnd.error_code), which its loaded generation may not hold yet. Never raises into its
+    caller."""
     if settings.ENABLE_RATE_LIMITS:
         try:
             limits.reply_ended(
@@ -37,8 +39,11 @@ def reply_finished(message: Message) -> None:
             )
         except Exception:
             logger.exception("reply_finished(%s): rate limits failed", message.pk)
+    try:
+        metrics.reply_finished(message, code)
+    except Exception:
+        logger.exception("reply_finished(%s): metrics failed", message.pk)
     for name, step in (
-        ("metrics", metrics.reply_finished),
         ("post-processing", postprocess.reply_finished),
         ("analytics", analytics_events.reply_finished),
     ):

@@ -49,6 +49,7 @@ from redis.commands.core import Script
 
 from messages_app.errors import RateLimited
 from messages_app.models import LimitOverride
+from messageservice import metrics
 from messageservice.redis_clients import sync_redis
 
 LIMITS_CACHE_SECONDS = 5.0
@@ -322,6 +323,7 @@ def admit(user: Any, *, token: str, cost: int = 1) -> Admission:
         ],
     )
     if int(answer[0]) == 0:
+        metrics.rate_limit_rejected(_text(answer[1]))
         raise RateLimited(
             limit=_text(answer[1]),
             retry_after=max(float(_text(answer[2])), 0.0),

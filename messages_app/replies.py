@@ -150,4 +150,4 @@ def _after_end(message: Message, end: ReplyEnd) -> None:
         message.conversation,
         events.generation_ended(message, code=end.error_code, text=end.error_message),
     )
-    hooks.reply_finished(message)
+    hooks.reply_finished(message, end.error_code)

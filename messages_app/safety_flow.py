@@ -29,6 +29,7 @@ from messages_app.moderation import review_record
 from messages_app.replies import ReplyEnd, reply_end, reply_engine
 from messages_app.safety.categories import Verdict
 from messages_app.safety.client import PendingCheck, SafetyUnavailable, gate_key, submit
+from messageservice import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -179,3 +180,4 @@ def safety_record(message: Message, verdict: Verdict, *, source: str, blocked: b
     conversation = message.conversation
     event = events.safety_flagged(message_id=message.pk, categories=message.safety_categories)
     transaction.on_commit(lambda: send_event(conversation, event))
+    transaction.on_commit(lambda: metrics.moderation_flagged(verdict.categories))

@@ -249,6 +249,16 @@ VIOLATION_BAN_THRESHOLDS: str = env.str("VIOLATION_BAN_THRESHOLDS", default="3=1
 BATCH_SIZE_FOR_ANALYTICS: int = env.int("BATCH_SIZE_FOR_ANALYTICS", default=100)
 WS_TICKET_TTL_SECONDS: int = env.int("WS_TICKET_TTL_SECONDS", default=30)
 
+# --- Issue 10: metrics (messageservice.metrics; docs/metrics.md) ----------------------------
+# The scrape credential: Prometheus sends `Authorization: Bearer <METRICS_TOKEN>` to daphne's
+# /metrics and to every worker's exporter. Unset: /metrics is open when DEBUG, a 404 otherwise,
+# and workers start no exporter unless DEBUG.
+METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+# A worker process (rqworker, safety_worker, analytics_worker) serves its own metrics on this
+# port (0: none). Processes sharing a host need distinct ports (Procfile: 9090-9093).
+METRICS_PORT: int = env.int("METRICS_PORT", default=9090)
+METRICS_ADDR: str = env.str("METRICS_ADDR", default="0.0.0.0")
+
 # --- Request limits (messageservice.request_limits, enforced inside daphne) ----------------
 # Largest HTTP request body, in bytes. A bigger one gets 413 as soon as its headers (or, when
 # chunked, its first bytes over the limit) arrive: it is never buffered or parsed.
@@ -285,6 +295,8 @@ AUTHENTICATION_BACKENDS = [
 ]
 
 MIDDLEWARE = [
+    # First: counts every response (http_requests_total) and answers GET /metrics itself.
+    "messageservice.metrics.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1,11 +1,11 @@
-"""Top-level routes: the chat page, the API, its schema and docs, admin, health."""
+"""Top-level routes: the chat page, the API, its schema and docs, admin, health, metrics."""
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from messages_app.pages import chat_page
-from messageservice import health
+from messageservice import health, metrics
 
 urlpatterns = [
     path("", chat_page, name="chat"),
@@ -18,4 +18,6 @@ urlpatterns = [
     path("django-rq/", include("django_rq.urls")),
     path("health", health.health, name="health"),
     path("ready", health.ready, name="ready"),
+    # Answered by metrics.HttpMetricsMiddleware before host validation; the route names it.
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]

@@ -31,6 +31,9 @@ os.environ.pop("MONGODB_URL", None)
 # (which inherit os.environ) through the environment.
 os.environ.setdefault("ENABLE_RATE_LIMITS", "false")
 os.environ.setdefault("ENABLE_CONTENT_FILTERING", "false")
+# No worker process of the suite serves metrics (they would all want port 9090) unless a test
+# gives it a port of its own (tests/test_metrics_stack.py).
+os.environ["METRICS_PORT"] = "0"
 
 from messageservice.settings import *  # noqa: E402,F403
 from messageservice.settings import DATABASES  # noqa: E402

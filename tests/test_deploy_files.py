@@ -36,6 +36,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 NAMESPACE = "message-service"
 WEB_PORT = 8004
+METRICS_PORT = 9090
 
 # Every environment variable the app containers may be given (the service's settings, named as
 # in the seed). Anything else set in compose / the ConfigMap / the Secret is a mistake.
@@ -65,7 +66,10 @@ ALLOWED_ENV = frozenset(
         "MAX_CONCURRENT_REQUESTS",
         "BATCH_SIZE_FOR_ANALYTICS",
         "MAX_MESSAGE_CHARS",
+        "METRICS_PORT",
+        "METRICS_ADDR",
         # secrets
+        "METRICS_TOKEN",
         "DJANGO_SECRET_KEY",
         "JWT_SECRET_KEY",
         "OPENAI_API_KEY",
@@ -76,6 +80,7 @@ ALLOWED_ENV = frozenset(
 )
 SECRET_ENV = frozenset(
     {
+        "METRICS_TOKEN",
         "DJANGO_SECRET_KEY",
         "JWT_SECRET_KEY",
         "OPENAI_API_KEY",
@@ -406,12 +411,30 @@ def test_web_deployment_port_probes_and_prometheus_annotations() -> None:
         assert headers.get("host") in configmap_data()["ALLOWED_HOSTS"].split(","), probe_name
 
 
+def assert_metrics_port(name: str, container: dict[str, Any]) -> None:
+    """A worker container serves only its metrics exporter: port 9090, named `metrics`."""
+    ports = [(p["containerPort"], p["name"]) for p in container.get("ports", [])]
+    assert ports == [(METRICS_PORT, "metrics")], f"{name}: {ports}"
+
+
+def test_the_headless_message_workers_service_selects_every_worker_pod_on_9090() -> None:
+    service = k8s_objects("Service")["message-workers"]
+    assert service["spec"]["clusterIP"] == "None"
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"], port["name"]) == (METRICS_PORT, "metrics", "metrics")
+    selector = service["spec"]["selector"]
+    for name, dep in k8s_objects("Deployment").items():
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        selected = selector.items() <= labels.items()
+        assert selected == (name in (*K8S_WORKERS, "safety-workers")), name
+
+
 def test_workers_run_rqworker_on_their_queue_with_a_liveness_probe() -> None:
     deployments = k8s_objects("Deployment")
     for name, queue in K8S_WORKERS.items():
         (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         assert container["command"] == ["python", "manage.py", "rqworker", queue], name
-        assert "ports" not in container, f"{name}: workers serve no HTTP"
+        assert_metrics_port(name, container)
         probe = container["livenessProbe"]["exec"]["command"]
         assert probe == ["python", "deploy/healthcheck.py", "worker", queue], name
     llm_env = {
@@ -427,7 +450,7 @@ def test_the_safety_worker_runs_with_its_heartbeat_probe_in_k8s_and_compose() ->
     ]
     assert container["command"] == SAFETY_COMMAND
     assert container["livenessProbe"]["exec"]["command"] == SAFETY_PROBE
-    assert "ports" not in container
+    assert_metrics_port("safety-workers", container)
     service = compose_services()["safety-worker"]
     assert service["command"] == SAFETY_COMMAND
     assert service["healthcheck"]["test"] == ["CMD", *SAFETY_PROBE]
@@ -814,6 +837,19 @@ def test_prometheus_config() -> None:
         for r in job.get("relabel_configs", []) + job.get("metric_relabel_configs", []):
             if "regex" in r:
                 re.compile(r["regex"])
+    # Both jobs send the bearer token (METRICS_TOKEN) from a file.
+    for name in ("message-service", "message-workers"):
+        assert jobs[name]["authorization"]["type"] == "Bearer", name
+        assert jobs[name]["authorization"]["credentials_file"], name
+    # The workers' job keeps every worker component (message-processor too), by its port name.
+    relabels = jobs["message-workers"]["relabel_configs"]
+    keeps = {tuple(r["source_labels"]): r["regex"] for r in relabels if r.get("action") == "keep"}
+    assert keeps[("__meta_kubernetes_service_name",)] == "message-workers"
+    assert keeps[("__meta_kubernetes_endpoint_port_name",)] == "metrics"
+    component = re.compile(keeps[("__meta_kubernetes_pod_label_component",)])
+    for dep in k8s_objects("Deployment").values():
+        label = dep["spec"]["template"]["metadata"]["labels"]["component"]
+        assert bool(component.fullmatch(label)) == (label != "api"), label
 
 
 def test_prometheus_config_passes_promtool() -> None:

@@ -24,10 +24,10 @@ def finished(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     calls: list[tuple[int, str]] = []
     original = hooks.reply_finished
 
-    def record(message: Message) -> None:
+    def record(message: Message, code: str = "") -> None:
         status = Message.objects.filter(pk=message.pk).values_list("status", flat=True).first()
         calls.append((message.pk, status or "deleted"))
-        original(message)
+        original(message, code)
 
     monkeypatch.setattr(hooks, "reply_finished", record)
     return calls

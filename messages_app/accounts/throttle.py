@@ -32,6 +32,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 
 from messages_app.errors import error_body
+from messageservice import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def lockout_response(request: HttpRequest, *args: Any) -> HttpResponse:
     Takes *args because axes 8.3's async middleware passes (request, credentials) where its
     sync one passes (request, response, credentials); neither is needed here."""
     retry_after = int(getattr(request, "login_retry_after", settings.LOGIN_COOLOFF_SECONDS))
+    metrics.rate_limit_rejected("login")
     if request.path.startswith("/api/"):
         body = error_body("login_throttled", LOCKOUT_MESSAGE, {"retry_after": retry_after})
         response: HttpResponse = JsonResponse(body, status=429)

@@ -22,6 +22,7 @@ from django.conf import settings
 from messages_app.safety.backends import Backend, BackendError, load
 from messages_app.safety.categories import check_settings, judge
 from messages_app.safety.client import GATE_TTL_SECONDS, alive_key, requests_key
+from messageservice import liveness
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +107,14 @@ class SafetyWorker:
         """Serve until stop() is called; Redis failures are retried with backoff."""
         backoff = BACKOFF_FIRST_SECONDS
         beat = heartbeat_key(socket.gethostname(), os.getpid())
+        worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        next_liveness = 0.0
         logger.info("safety worker ready: serving %s (%s backend)", self.key, self.backend.name)
         while not self.stopping.is_set():
             try:
+                if time.monotonic() >= next_liveness:  # workers_alive{kind="safety"}
+                    liveness.beat("safety", worker_id)
+                    next_liveness = time.monotonic() + liveness.LIVENESS_TTL_SECONDS / 6
                 with self.redis.pipeline(transaction=False) as pipe:
                     pipe.set(beat, self.backend.name, ex=HEARTBEAT_TTL_SECONDS)
                     # Any worker alive: clients fail fast when there is none (client.submit).
@@ -124,6 +130,7 @@ class SafetyWorker:
                 backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
         with contextlib.suppress(redis.RedisError):
             self.redis.delete(beat)
+            liveness.gone("safety", worker_id)
         logger.info("safety worker: stopped after %d answers", self.answered)
 
     def stop(self) -> None:

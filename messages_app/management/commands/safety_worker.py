@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from messages_app.safety.worker import BATCH_SIZE, SafetyWorker
+from messageservice import metrics
 
 
 class Command(BaseCommand):
@@ -19,6 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         worker = SafetyWorker(backend_name=options["backend"], batch_size=options["batch_size"])
+        metrics.start_worker_exporter("safety")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: worker.stop())
         worker.run()
