@@ -14,7 +14,10 @@ seed's `python manage.py rqworker llm` picks it up with no flags), keeps RQ's qu
 - runs a keeper thread that renews the slot leases of running jobs and reaps generations whose
   worker died (llm_app.reaper) every REAPER_INTERVAL_SECONDS, even while idle in a dequeue.
   As every rqworker of the service uses this class, orphans are settled even when no llm
-  worker runs.
+  worker runs;
+- puts the jobs of its queues that RQ scheduled (a retry after an interval: the message
+  processor's jobs) back on their queue when due, from that keeper thread too, instead of
+  RQ's scheduler, which is a process forked beside the worker (`--with-scheduler`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import uvloop
 from django.conf import settings
 from django.db import connections
 from rq import SimpleWorker
+from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import as_text
 
@@ -160,6 +164,7 @@ class GenerationWorker(SimpleWorker):
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keeper_stop = threading.Event()
+        self._scheduler: RQScheduler | None = None
 
     # --- the work loop ---------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
@@ -172,6 +177,8 @@ class GenerationWorker(SimpleWorker):
             return bool(super().work(*args, **kwargs))
         finally:
             self._keeper_stop.set()
+            keeper.join(timeout=10)
+            self._release_scheduler()
             self._return_prefetched()
             self._wait_for_jobs()
             asyncio.run_coroutine_threadsafe(_close_loop_resources(), loop).result(timeout=10)
@@ -198,6 +205,7 @@ class GenerationWorker(SimpleWorker):
         while True:
             try:
                 self._renew_slots()
+                self._enqueue_scheduled()
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + interval
                     reap_orphans()
@@ -210,6 +218,28 @@ class GenerationWorker(SimpleWorker):
             wait = max(0.0, min(renew_every, next_reap - time.monotonic()))
             if self._keeper_stop.wait(max(wait, 0.1)):
                 return
+
+    def _enqueue_scheduled(self) -> None:
+        """Queue the due scheduled jobs of this worker's queues, holding RQ's scheduler lock of
+        each queue (one worker at a time does it; another takes over within RQ's fallback
+        period when the holder dies)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            scheduler = self._scheduler = RQScheduler(
+                self.queues, connection=self.connection, serializer=self.serializer
+            )
+        if scheduler.should_reacquire_locks:
+            scheduler.acquire_locks()
+        if scheduler.acquired_locks:
+            scheduler.heartbeat()
+            scheduler.enqueue_scheduled_jobs()
+
+    def _release_scheduler(self) -> None:
+        if self._scheduler is not None and self._scheduler.acquired_locks:
+            try:
+                self._scheduler.release_locks()
+            except redis.RedisError as exc:
+                logger.warning("scheduler locks: Redis unavailable (%s)", exc)
 
     def _wait_for_slot(self) -> bool:
         """Hold one local and one global slot; False if a stop was requested meanwhile.
