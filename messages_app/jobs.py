@@ -8,10 +8,11 @@ each job in a thread, no process forked per job). Its steps:
 3. `messages_processed_total{outcome=<the reply's status>}`, once per reply.
 Search indexing needs no step: the database indexes every message as it is saved.
 
-A job may run twice (its worker killed after the work, before RQ recorded it): every step
-is safe to repeat, and a reply whose job finished is marked in Redis, so that a second run
-does nothing. A job that fails (safety worker, database or Redis unavailable) is tried again
-after POSTPROCESS_RETRY_INTERVALS; an LLM that fails costs no retry (the title falls back).
+A job may run twice (its worker killed after the work, before RQ recorded it; or queued
+twice): every step is safe to repeat, a reply whose job finished is marked in Redis so that a
+second run does nothing, and a run that finds another one under way leaves it the work.
+A job that fails (safety worker, database or Redis unavailable) is tried again after
+POSTPROCESS_RETRY_INTERVALS; an LLM that fails costs no retry (the title falls back).
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def done_key(stream_key_hex: str) -> str:
     return f"{settings.SERVICE_NAME}:reply:{stream_key_hex}:postprocessed"
 
 
+def running_key(stream_key_hex: str) -> str:
+    """Held while a run of the reply's job is under way."""
+    return f"{settings.SERVICE_NAME}:reply:{stream_key_hex}:postprocessing"
+
+
+def job_timeout() -> int:
+    """RQ's timeout of a job: the longest its title and its check may take, and a margin."""
+    return int(settings.TITLE_TIMEOUT_SECONDS + settings.SAFETY_TIMEOUT_SECONDS) + 60
+
+
 @cache
 def _queue(connection: redis.Redis) -> Queue:
     # One Queue per connection: a new Queue asks Redis for its version on first enqueue.
@@ -66,7 +77,7 @@ def enqueue_post_process(message: Message) -> None:
             "messages_app.jobs.post_process_reply",
             args=(message.pk, key),
             job_id=job_id(key),
-            timeout=int(settings.TITLE_TIMEOUT_SECONDS + settings.SAFETY_TIMEOUT_SECONDS) + 60,
+            timeout=job_timeout(),
             result_ttl=600,
             failure_ttl=DONE_TTL_SECONDS,
             retry=Retry(max=3, interval=list(settings.POSTPROCESS_RETRY_INTERVALS)),
@@ -87,8 +98,25 @@ def post_process_reply(message_id: int, stream_key: str | None = None) -> str:
 
 
 def _post_process(message_id: int, stream_key: str | None) -> str:
-    if stream_key is not None and sync_redis().exists(done_key(stream_key)):
-        return "done before"
+    if stream_key is None:
+        return _steps(message_id, None)
+    with sync_redis().pipeline(transaction=False) as pipe:
+        pipe.exists(done_key(stream_key))
+        # Two runs at once (the job queued twice) would both ask the LLM: the second waits
+        # for nothing and leaves. The lock lapses with the job's timeout, should its run die.
+        pipe.set(running_key(stream_key), 1, nx=True, ex=job_timeout())
+        done, running_here = pipe.execute()
+    if not running_here:
+        return "done before" if done else "running elsewhere"
+    try:
+        if done:
+            return "done before"
+        return _steps(message_id, stream_key)
+    finally:
+        sync_redis().delete(running_key(stream_key))
+
+
+def _steps(message_id: int, stream_key: str | None) -> str:
     reply = (
         Message.objects.select_related("conversation", "conversation__character")
         .filter(pk=message_id, role=Message.Role.ASSISTANT)

@@ -78,9 +78,10 @@ def title_prompt(user_text: str, reply_text: str | None) -> list[dict[str, str]]
 def _user_message_of(reply: Message) -> Message | None:
     """The user message `reply` answers, else the conversation's first one; never a blocked
     one."""
-    parent = Message.objects.filter(pk=reply.parent_id, role=Message.Role.USER).first()
-    if parent is not None and parent.status != Message.Status.BLOCKED:
-        return parent
+    if reply.parent_id is not None:
+        parent = Message.objects.filter(pk=reply.parent_id, role=Message.Role.USER).first()
+        if parent is not None and parent.status != Message.Status.BLOCKED:
+            return parent
     return (
         Message.objects.filter(conversation_id=reply.conversation_id, role=Message.Role.USER)
         .exclude(status=Message.Status.BLOCKED)
