@@ -5,6 +5,7 @@ These implement messages_app's ReplyEngine (registered in llm_app.apps).
 
 from __future__ import annotations
 
+import asyncio
 from functools import cache
 from typing import Any
 
@@ -16,6 +17,7 @@ from rq import Callback, Queue
 from llm_app.cancel import cancel_signal
 from llm_app.models import Generation
 from messages_app.models import Character, Conversation, Message
+from messages_app.replies import CompletionFailed
 from messageservice.redis_clients import sync_redis
 
 
@@ -113,3 +115,69 @@ class LLMReplyEngine:
 
     def cancel(self, reply: Message) -> None:
         cancel_signal(reply.stream_key)
+
+    def complete(
+        self,
+        conversation: Conversation,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        timeout: float,
+    ) -> str:
+        return completion_run(conversation, messages, max_tokens=max_tokens, timeout=timeout)
+
+
+def completion_run(
+    conversation: Conversation,
+    messages: list[dict[str, str]],
+    *,
+    max_tokens: int,
+    timeout: float,
+) -> str:
+    """ReplyEngine.complete: one attempt with the provider and model of `conversation`'s
+    character (no retry, no fallback provider: callers have a fallback of their own), the
+    stream collected. In a GenerationWorker's job thread it runs on the worker's event loop
+    and its kept-alive connections; elsewhere on a loop of its own."""
+    from llm_app.providers import ChatRequest, ProviderError
+    from llm_app.worker import shared_loop
+
+    config = generation_settings(conversation.character)
+    request = ChatRequest(
+        model=str(config["model"]),
+        messages=messages,
+        temperature=0.2,
+        max_tokens=max(1, min(max_tokens, settings.MAX_TOKENS_PER_REQUEST)),
+    )
+    provider = str(config["provider"])
+    loop = shared_loop()
+    try:
+        if loop is not None:
+            future = asyncio.run_coroutine_threadsafe(_collect(provider, request, timeout), loop)
+            try:
+                return future.result(timeout + 1.0)
+            finally:
+                future.cancel()
+        return asyncio.run(_collect_and_close(provider, request, timeout))
+    except ProviderError as exc:
+        raise CompletionFailed(f"{exc.code}: {exc.message}") from exc
+    except TimeoutError as exc:
+        raise CompletionFailed(f"no answer within {timeout:g} s") from exc
+
+
+async def _collect(provider_name: str, request: Any, timeout: float) -> str:
+    from llm_app.providers import provider_for
+
+    parts: list[str] = []
+    async with asyncio.timeout(timeout):
+        async for chunk in provider_for(provider_name).stream(request):
+            parts.append(chunk.text)
+    return "".join(parts)
+
+
+async def _collect_and_close(provider_name: str, request: Any, timeout: float) -> str:
+    from llm_app.providers import close_providers
+
+    try:
+        return await _collect(provider_name, request, timeout)
+    finally:
+        await close_providers()

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from llm_app.attempts import Progress, storable
 from llm_app.models import Generation
+from llm_app.output_safety import review_after_end
 from llm_app.prompts import history_read
 from llm_app.services import generation_requeue
 from messages_app import events
@@ -188,6 +189,11 @@ def generation_finish(
         queued_ms=_ms(generation.enqueued_at, generation.started_at),
         ttft_ms=_ms(generation.started_at, progress.first_token_at),
         total_ms=_ms(generation.started_at, now),
+        output_review=(
+            verdict is None
+            and status != Message.Status.BLOCKED
+            and review_after_end(progress.monitor, progress.seq)
+        ),
     )
 
     def record(message: Message) -> None:

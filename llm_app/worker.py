@@ -18,6 +18,9 @@ seed's `python manage.py rqworker llm` picks it up with no flags), keeps RQ's qu
   from the queues: llm, messages, analytics), and the process serves its own metrics on
   METRICS_PORT (messageservice.metrics): jobs run in threads of this one process, so one
   in-memory registry holds every count (a forked horse per job would take its counts with it).
+- puts the jobs of its queues that RQ scheduled (a retry after an interval: the message
+  processor's jobs) back on their queue when due, from that keeper thread too, instead of
+  RQ's scheduler, which is a process forked beside the worker (`--with-scheduler`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import uvloop
 from django.conf import settings
 from django.db import connections
 from rq import SimpleWorker
+from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import as_text
 
@@ -169,6 +173,7 @@ class GenerationWorker(SimpleWorker):
             (kind for kind in ("llm", "messages", "analytics") if kind in self.queue_names()),
             None,
         )
+        self._scheduler: RQScheduler | None = None
 
     # --- the work loop ---------------------------------------------------------------------
     def work(self, *args: Any, **kwargs: Any) -> bool:
@@ -182,6 +187,8 @@ class GenerationWorker(SimpleWorker):
             return bool(super().work(*args, **kwargs))
         finally:
             self._keeper_stop.set()
+            keeper.join(timeout=10)
+            self._release_scheduler()
             self._return_prefetched()
             self._wait_for_jobs()
             asyncio.run_coroutine_threadsafe(_close_loop_resources(), loop).result(timeout=10)
@@ -224,6 +231,7 @@ class GenerationWorker(SimpleWorker):
                 if self.kind is not None:
                     liveness.beat(self.kind, self.name)
                 self._renew_slots()
+                self._enqueue_scheduled()
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + interval
                     reap_orphans()
@@ -236,6 +244,28 @@ class GenerationWorker(SimpleWorker):
             wait = max(0.0, min(renew_every, next_reap - time.monotonic()))
             if self._keeper_stop.wait(max(wait, 0.1)):
                 return
+
+    def _enqueue_scheduled(self) -> None:
+        """Queue the due scheduled jobs of this worker's queues, holding RQ's scheduler lock of
+        each queue (one worker at a time does it; another takes over within RQ's fallback
+        period when the holder dies)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            scheduler = self._scheduler = RQScheduler(
+                self.queues, connection=self.connection, serializer=self.serializer
+            )
+        if scheduler.should_reacquire_locks:
+            scheduler.acquire_locks()
+        if scheduler.acquired_locks:
+            scheduler.heartbeat()
+            scheduler.enqueue_scheduled_jobs()
+
+    def _release_scheduler(self) -> None:
+        if self._scheduler is not None and self._scheduler.acquired_locks:
+            try:
+                self._scheduler.release_locks()
+            except redis.RedisError as exc:
+                logger.warning("scheduler locks: Redis unavailable (%s)", exc)
 
     def _wait_for_slot(self) -> bool:
         """Hold one local and one global slot; False if a stop was requested meanwhile.

@@ -6,5 +6,10 @@ class MessagesAppConfig(AppConfig):
     name = "messages_app"
 
     def ready(self) -> None:
+        # The queue of the message processor (rq), kept off the websocket consumer's imports.
+        from messages_app import jobs, postprocess
+
         # Registered on import: the user-model receivers and the OpenAPI auth scheme.
         from messages_app.accounts import schema, signals  # noqa: F401
+
+        postprocess.enqueuer_register(jobs.enqueue_post_process)

@@ -58,6 +58,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.sent: dict[int, int] = {}  # generation id -> last seq this client was sent
         self.ended: set[int] = set()  # generations whose terminal event this client got
+        # Of those, the ones it got as `blocked`: a reply blocked after its end (the message
+        # processor's output review) sends a second end, once, which replaces the first.
+        self.withheld: set[int] = set()
         self.stream_keys: dict[int, UUID] = {}  # generation id -> its reply's token log
         user = self.scope.get("user")
         await self.accept()
@@ -264,6 +267,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if generation_id in self.ended:
             return
         self.ended.add(generation_id)
+        if message.status == Message.Status.BLOCKED:
+            self.withheld.add(generation_id)
         await self.send_json(await database_sync_to_async(events.generation_ended)(message))
 
     # --- group events ---------------------------------------------------------------------
@@ -295,6 +300,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def _generation_end(self, event: dict[str, Any]) -> None:
         generation_id = event["generation_id"]
+        blocked = (event.get("message") or {}).get("status") == Message.Status.BLOCKED
+        if blocked and generation_id in self.ended:
+            if generation_id not in self.withheld:
+                # Blocked after it ended: the client drops the text it showed.
+                self.withheld.add(generation_id)
+                await self.send_json(event)
+            return
         if generation_id in self.ended or generation_id not in self.sent:
             # Not followed: a client that wants it resumes it, and gets the end from there,
             # after the deltas it misses, never before them.
@@ -303,6 +315,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if generation_id in self.sent and final_seq:
             await self._fill(generation_id, upto=final_seq)
         self.ended.add(generation_id)
+        if blocked:
+            self.withheld.add(generation_id)
         await self.send_json(event)
 
     generation_completed = _generation_end
@@ -312,6 +326,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     generation_retrying = forward
     safety_flagged = forward
     rate_limited = forward
+    conversation_updated = forward
 
     async def layer_reconnected(self, event: dict[str, Any]) -> None:
         """This process's channel layer lost Redis for a while, and the events published

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from messages_app.models import Message
-from messages_app.serializers import message_data
+from messages_app.models import Conversation, Message
+from messages_app.serializers import conversation_data, message_data
 
 Event = dict[str, Any]
 
@@ -96,6 +96,12 @@ def safety_flagged(*, message_id: int, categories: list[str]) -> Event:
     """A message crossed the safety threshold: a reply that was stopped (its end event
     follows), or a user message that was flagged or blocked."""
     return {"type": "safety.flagged", "message_id": message_id, "categories": categories}
+
+
+def conversation_updated(conversation: Conversation) -> Event:
+    """The conversation changed on the server's initiative (its automatic title): the
+    conversation as REST shows it."""
+    return {"type": "conversation.updated", "conversation": conversation_data(conversation)}
 
 
 def conversation_deleted(*, conversation_id: int) -> Event:

@@ -140,6 +140,10 @@ class Message(models.Model):
     safety_categories = models.JSONField(default=list, blank=True)
     # Category -> score (0..1) of the check that flagged or blocked it; {} when none did.
     safety_scores = models.JSONField(default=dict, blank=True)
+    # The content check of the reply's text falls to the message processor, after it ended
+    # (SAFETY_OUTPUT_MODE=after, or the live check of its end could not run); it clears this
+    # once the check is done (messages_app.output_review).
+    output_review = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

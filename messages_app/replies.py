@@ -39,6 +39,22 @@ class ReplyEngine(Protocol):
     def cancel(self, reply: Message) -> None:
         """Ask a running generation to stop; it then ends the reply `cancelled`."""
 
+    def complete(
+        self,
+        conversation: Conversation,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        timeout: float,
+    ) -> str:
+        """A short completion of `messages` (chat turns: role, content) by the LLM of
+        `conversation`'s character, not streamed to anyone, within `timeout` seconds: its
+        whole text. Sync; call it outside an event loop. Raises CompletionFailed."""
+
+
+class CompletionFailed(Exception):
+    """ReplyEngine.complete got no answer: the LLM failed, timed out or is unknown."""
+
 
 _engine: ReplyEngine | None = None
 
@@ -70,6 +86,8 @@ class ReplyEnd:
     queued_ms: int | None = None
     ttft_ms: int | None = None
     total_ms: int | None = None
+    # Its content check falls to the message processor (Message.output_review).
+    output_review: bool = False
 
 
 _END_FIELDS = [
@@ -83,6 +101,7 @@ _END_FIELDS = [
     "queued_ms",
     "ttft_ms",
     "total_ms",
+    "output_review",
     "updated_at",
 ]
 
@@ -124,6 +143,7 @@ def reply_end(
         message.queued_ms = end.queued_ms
         message.ttft_ms = end.ttft_ms
         message.total_ms = end.total_ms
+        message.output_review = end.output_review
         message.updated_at = timezone.now()
         message.save(update_fields=_END_FIELDS)
         if record is not None:

@@ -208,6 +208,11 @@ class ConversationSerializer(serializers.ModelSerializer[Conversation]):
         read_only_fields = ["id", "active_leaf_id", "created_at", "last_activity_at"]
 
 
+def conversation_data(conversation: Conversation) -> dict[str, Any]:
+    """The conversation as clients see it over REST (and in `conversation.updated`)."""
+    return dict(ConversationSerializer(conversation).data)
+
+
 class ConversationUpdateSerializer(serializers.Serializer[Any]):
     title = serializers.CharField(max_length=200, allow_blank=True, required=False)
     active_leaf_id = serializers.IntegerField(

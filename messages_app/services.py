@@ -87,11 +87,11 @@ def check_client_id(client_id: Any) -> str:
 
 
 def conversation_create(*, owner: Any, character: Character, title: str = "") -> Conversation:
-    """A new conversation whose first message is the character's greeting (when it has one)."""
+    """A new conversation whose first message is the character's greeting (when it has one).
+    Without a `title`, the message processor gives it one after its first reply
+    (messages_app.titles)."""
     with transaction.atomic():
-        conversation = Conversation.objects.create(
-            owner=owner, character=character, title=title or character.name
-        )
+        conversation = Conversation.objects.create(owner=owner, character=character, title=title)
         if character.greeting.strip():
             greeting = Message.objects.create(
                 conversation=conversation,

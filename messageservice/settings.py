@@ -246,6 +246,24 @@ SAFETY_LLAMA_GUARD_API_KEY: str = env.str("SAFETY_LLAMA_GUARD_API_KEY", default=
 # time given (s, m, h, d, or "forever"): "3=1d,6=7d,10=forever".
 VIOLATION_BAN_THRESHOLDS: str = env.str("VIOLATION_BAN_THRESHOLDS", default="3=1d,6=7d,10=forever")
 
+# Issue 10: message processor (queue `messages`, docs/postprocessing.md)
+# Where replies are checked: inline (live checks while they stream; a reply whose end no check
+# saw is reviewed after it ended) or after (no live checks: the message processor checks each
+# finished reply and blocks an offending one after the fact).
+SAFETY_OUTPUT_MODE: str = env.str("SAFETY_OUTPUT_MODE", default="inline")
+if SAFETY_OUTPUT_MODE not in ("inline", "after"):
+    raise ImproperlyConfigured("SAFETY_OUTPUT_MODE must be inline or after.")
+# A conversation without a title gets one from the LLM after its first completed reply (else
+# its first message, shortened): at most this long a wait, this many tokens.
+CONVERSATION_AUTO_TITLES: bool = env.bool("CONVERSATION_AUTO_TITLES", default=True)
+TITLE_TIMEOUT_SECONDS: float = env.float("TITLE_TIMEOUT_SECONDS", default=10.0)
+TITLE_MAX_TOKENS: int = env.int("TITLE_MAX_TOKENS", default=24)
+# A post-processing job that fails (safety worker, database or Redis unavailable) is tried
+# again after each of these delays, in seconds (RQ Retry; the workers schedule it themselves).
+POSTPROCESS_RETRY_INTERVALS: list[int] = [
+    int(value) for value in env.list("POSTPROCESS_RETRY_INTERVALS", default=["5", "30", "120"])
+]
+
 BATCH_SIZE_FOR_ANALYTICS: int = env.int("BATCH_SIZE_FOR_ANALYTICS", default=100)
 WS_TICKET_TTL_SECONDS: int = env.int("WS_TICKET_TTL_SECONDS", default=30)
 

@@ -346,6 +346,18 @@
     renderConversations();
   }
 
+  function updateConversation(conv) {
+    // The server changed a conversation (its automatic title): the list and the header follow.
+    if (!conv || conv.id == null) return;
+    var known = state.conversations.find(function (c) { return c.id === conv.id; });
+    if (known) known.title = conv.title;
+    if (state.current && state.current.id === conv.id) {
+      state.current.title = conv.title;
+      el.title.textContent = conversationTitle(state.current);
+    }
+    renderConversations();
+  }
+
   function createConversation(event) {
     event.preventDefault();
     var characterId = parseInt(el.characterSelect.value, 10);
@@ -808,6 +820,9 @@
           entry.msg.safety = { flagged: true, categories: frame.categories || [] };
           renderMessage(entry);
         }
+        break;
+      case "conversation.updated":
+        updateConversation(frame.conversation);
         break;
       case "rate_limited":
         failPending("you have reached a sending limit; try again when it lifts.");
