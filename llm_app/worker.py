@@ -77,6 +77,10 @@ class _WorkerLog(logging.LoggerAdapter):
     logged in the main loop before the job's ids are known, and not at all for a prefetched
     job. execute_job logs it instead, for every job, with the ids."""
 
+    @property
+    def level(self) -> int:  # RQ reads it for its scheduler
+        return self.logger.level
+
     def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
         if (
             level == logging.INFO

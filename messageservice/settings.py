@@ -446,5 +446,8 @@ LOGGING = {
         "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "django.db.backends": {"level": "INFO"},
         "rq.worker": {"level": LOG_LEVEL},
+        # daphne's access lines (JSON mode routes them here): written whatever LOG_LEVEL, as
+        # daphne writes them in plain mode; `daphne -v 0` turns them off in both.
+        "daphne.access": {"level": "INFO"},
     },
 }
