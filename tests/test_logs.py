@@ -350,3 +350,40 @@ async def test_the_asgi_middleware_binds_the_id_for_the_whole_exchange_and_hands
     await middleware({"type": "http", "headers": [(b"x-request-id", b"no way")]}, None, send)
     assert HEX_ID.fullmatch(seen[1][1]) and seen[0][0] == seen[1][1]
     assert logs.current_request_id() is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_that_ends_a_queued_reply_in_the_web_process_logs_its_end_with_both_ids(
+    api, conversation, records
+):
+    sent = api.post(f"/api/v1/conversations/{conversation.pk}/messages/", {"content": "Hi"})
+    generation_id = sent.json()["generation_id"]
+    response = api.post(
+        f"/api/v1/generations/{generation_id}/cancel/", headers={"X-Request-ID": "stop-1"}
+    )
+    assert response.status_code == 202, response.content
+    (finished,) = records.matching(r"finished: cancelled")
+    assert (finished.request_id, finished.generation_id) == ("stop-1", generation_id)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_consumer_forwards_a_reply_end_under_its_generation_id(
+    conversation, alice_headers, fake_llm, records
+):
+    consumer_logger = logging.getLogger("messages_app.consumers")
+    consumer_logger.setLevel(logging.DEBUG)
+    comm = communicator(f"/ws/conversations/{conversation.pk}/", alice_headers)
+    assert (await comm.connect())[0]
+    try:
+        created = await send_message(comm, "Hello")
+        generation_id = created[1]["message"]["generation_id"]
+        await asyncio.to_thread(run_llm_worker)
+        while (await comm.receive_json_from(timeout=10))["type"] != "generation.completed":
+            pass
+    finally:
+        await comm.disconnect()
+        consumer_logger.setLevel(logging.NOTSET)
+    (forwarded,) = records.matching(r"sent generation.completed to a client")
+    assert forwarded.generation_id == generation_id
+    # A group event is no client frame: no request of this connection is bound to it.
+    assert forwarded.request_id is None
