@@ -177,6 +177,8 @@ async def stream_once(
                 progress.seq += 1
                 progress.parts.append(text)
                 await publisher.publish(progress.seq, text)
+                if progress.seq == 1:  # logged once the first delta is out, not before it
+                    _log_first_token(generation, provider_name, progress)
                 if monitor is not None:
                     monitor.after_delta(progress.seq, text, progress.parts)
                 now = time.monotonic()
@@ -191,6 +193,18 @@ async def stream_once(
     finally:
         with contextlib.suppress(BaseException):
             await iterator.aclose()  # type: ignore[attr-defined]
+
+
+def _log_first_token(generation: Generation, provider_name: str, progress: Progress) -> None:
+    if logger.isEnabledFor(logging.INFO) and progress.first_token_at is not None:
+        waited = progress.first_token_at - generation.enqueued_at
+        logger.info(
+            "generation %s: first token from %s %s, %d ms after it was queued",
+            generation.pk,
+            provider_name,
+            progress.model,
+            waited.total_seconds() * 1000,
+        )
 
 
 async def stream_with_fallback(

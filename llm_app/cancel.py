@@ -15,6 +15,7 @@ from uuid import UUID
 from django.conf import settings
 
 from messages_app.streams import reply_key
+from messageservice import logs
 from messageservice.redis_clients import async_redis, sync_redis
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class CancelWatcher:
         self._events.pop(stream_key.hex, None)
 
     async def _listen(self) -> None:
+        logs.detach()  # one listener for the generations of the loop
         pubsub = async_redis().pubsub()
         try:
             await pubsub.subscribe(_channel())

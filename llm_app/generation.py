@@ -45,6 +45,7 @@ from messages_app.safety_flow import (
     input_verdict_apply,
 )
 from messages_app.selectors import Turn
+from messageservice import logs
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class _Starts:
         return await done
 
     async def _write(self) -> None:
+        logs.detach()  # one writer for the starts of many generations
         while self.waiting:
             batch, self.waiting = self.waiting, []
             try:
@@ -137,6 +139,14 @@ async def _begin(generation: Generation, taken_at: datetime) -> bool:
         events.generation_started(
             generation_id=generation.pk, message_id=reply.pk, attempt=generation.attempt
         ),
+    )
+    logger.info(
+        "generation %s started: reply %s, attempt %s, %s %s",
+        generation.pk,
+        reply.pk,
+        generation.attempt,
+        generation.provider,
+        generation.model,
     )
     return True
 

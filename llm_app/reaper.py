@@ -25,6 +25,7 @@ from llm_app.models import Generation
 from llm_app.state import generation_fail_stale, generation_requeue_orphan
 from messages_app.models import Message
 from messages_app.streams import log_length
+from messageservice import logs
 from messageservice.redis_clients import sync_redis
 
 logger = logging.getLogger(__name__)
@@ -54,18 +55,20 @@ def _reap(client: Any) -> int:
     )
     for generation in streaming:
         # One bad row (say, text the database refuses) never stops the others being settled.
-        try:
-            settled += _reap_streaming(client, generation)
-        except Exception:
-            logger.exception("could not settle orphaned generation %s", generation.pk)
+        with logs.bind(generation_id=generation.pk):
+            try:
+                settled += _reap_streaming(client, generation)
+            except Exception:
+                logger.exception("could not settle orphaned generation %s", generation.pk)
     queued = Generation.objects.select_related(*related).filter(
         message__status=Message.Status.QUEUED, enqueued_at__lt=cutoff
     )
     for generation in queued:
-        try:
-            settled += _reap_queued(client, generation)
-        except Exception:
-            logger.exception("could not settle queued generation %s", generation.pk)
+        with logs.bind(generation_id=generation.pk):
+            try:
+                settled += _reap_queued(client, generation)
+            except Exception:
+                logger.exception("could not settle queued generation %s", generation.pk)
     return settled
 
 

@@ -13,11 +13,13 @@ import django_rq
 import redis
 from django.conf import settings
 from rq import Callback, Queue
+from rq.job import Job
 
 from llm_app.cancel import cancel_signal
 from llm_app.models import Generation
 from messages_app.models import Character, Conversation, Message
 from messages_app.replies import CompletionFailed
+from messageservice import logs
 from messageservice.redis_clients import sync_redis
 
 
@@ -82,10 +84,14 @@ def generation_enqueue(generation: Generation, pipeline: Any = None) -> None:
 
     With `pipeline` (of sync_redis()), the job's commands are only added to it: the caller's
     `execute()` queues the job, in the same round trip as its other commands."""
+    carried = logs.carried()
     _llm_queue(sync_redis()).enqueue_call(
         "llm_app.jobs.generate_reply",
         args=(generation.pk, generation.message.stream_key.hex),
         job_id=generation.job_id,
+        # The ids of the request that queued the reply: the worker binds them on the
+        # reply's log lines (it takes the generation id from the job's arguments anyway).
+        meta=carried or None,
         timeout=int(settings.MESSAGE_PROCESSING_TIMEOUT) + 30,
         result_ttl=600,
         failure_ttl=86400,
@@ -95,10 +101,23 @@ def generation_enqueue(generation: Generation, pipeline: Any = None) -> None:
 
 
 def generation_requeue(generation: Generation) -> None:
-    """Queue a generation again as its next attempt, with a job id of its own."""
+    """Queue a generation again as its next attempt, with a job id of its own. The new job
+    carries the request id of the attempt before, when that job is still in Redis."""
+    request_id = job_request_id(generation.job_id) if generation.job_id else None
     generation.job_id = generation_job_id(generation.message, generation.attempt)
     Generation.objects.filter(pk=generation.pk).update(job_id=generation.job_id)
-    generation_enqueue(generation)
+    with logs.bind(request_id=request_id or logs.current_request_id(), generation_id=generation.pk):
+        generation_enqueue(generation)
+
+
+def job_request_id(job_id: str) -> str | None:
+    """The request id that job `job_id` of queue `llm` carries, if any (one Redis read)."""
+    try:
+        job = Job.fetch(job_id, connection=sync_redis())
+    except Exception:  # gone, or unreadable: the id is for the logs, a requeue goes on
+        return None
+    request_id: str | None = logs.from_meta(job.meta)["request_id"]
+    return request_id
 
 
 class LLMReplyEngine:

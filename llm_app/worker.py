@@ -45,7 +45,7 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import as_text
 
-from messageservice import liveness, metrics
+from messageservice import liveness, logs, metrics
 from messageservice.redis_clients import sync_redis
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,35 @@ GENERATE_REPLY = "llm_app.jobs.generate_reply"
 ASKED_WAIT_SECONDS = 2.0
 # At most this many more jobs are taken in one wake-up (bounded by the free slots too).
 PREFETCH_MAX = 16
+
+
+def job_log_ids(job: Any) -> dict[str, Any]:
+    """The ids to bind on a job's log lines: those its meta carries (logs.carried), and the
+    generation's own id for a generation job."""
+    ids = logs.from_meta(job.meta)
+    if job.func_name == GENERATE_REPLY and job.args:
+        ids["generation_id"] = job.args[0]
+    return ids
+
+
+class _WorkerLog(logging.LoggerAdapter):
+    """RQ's logger, less RQ's INFO line of a dequeue ("llm: <description> (<job id>)"): it is
+    logged in the main loop before the job's ids are known, and not at all for a prefetched
+    job. execute_job logs it instead, for every job, with the ids."""
+
+    @property
+    def level(self) -> int:  # RQ reads it for its scheduler
+        return self.logger.level
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if (
+            level == logging.INFO
+            and msg == "%s: %s (%s)"
+            and len(args) == 3
+            and "Job OK" not in str(args[1])
+        ):
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 def _start_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
@@ -152,6 +181,7 @@ class GenerationWorker(SimpleWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("maintenance_interval", 30)
         super().__init__(*args, **kwargs)
+        self.log = _WorkerLog(self.log, {})  # type: ignore[assignment]
         self.concurrency = max(1, settings.MAX_CONCURRENT_REQUESTS)
         self._local = threading.BoundedSemaphore(self.concurrency)
         # The global LLM cap concerns the llm queue only; other queues just get the threads.
@@ -411,11 +441,14 @@ class GenerationWorker(SimpleWorker):
         for it; the job then waits for that coroutine."""
         generation = None
         asked = threading.Event()
+        ids = job_log_ids(job)
         if job.func_name == GENERATE_REPLY and self._loop is not None:
             from llm_app.generation import run_generation
 
+            # Bound inside the coroutine: its task on the loop's thread does not see this
+            # thread's context. Every task it starts copies it from there.
             generation = asyncio.run_coroutine_threadsafe(
-                run_generation(*job.args, on_asked=asked.set), self._loop
+                logs.bound(run_generation(*job.args, on_asked=asked.set), **ids), self._loop
             )
             generation.add_done_callback(lambda _: asked.set())
         else:
@@ -424,9 +457,12 @@ class GenerationWorker(SimpleWorker):
         # A shallow copy gives the thread its own per-job bookkeeping (execution, current job)
         # while it shares this worker's connection, queues and registries.
         runner = copy.copy(self)
+        with logs.bind(**ids):
+            # In place of RQ's line of the dequeue (_WorkerLog), with the reply's ids.
+            self.log.info("%s: %s (%s) taken", queue.name, job.description, job.id)
         thread = threading.Thread(
             target=self._run,
-            args=(runner, job, queue, token, generation, asked),
+            args=(runner, job, queue, token, generation, asked, ids),
             name=f"job-{job.id}",
             daemon=True,
         )
@@ -444,27 +480,30 @@ class GenerationWorker(SimpleWorker):
         token: str | None,
         generation: concurrent.futures.Future[None] | None,
         asked: threading.Event,
+        ids: dict[str, Any],
     ) -> None:
-        # The job's coroutine runs on this worker's loop (jobs.generate_reply looks it up).
-        _job_thread.loop = self._loop
-        _job_thread.generation = generation
-        try:
-            # RQ's bookkeeping (about 2 ms of CPU a job) waits until the LLM has been asked, so
-            # in a burst every request goes out before the bookkeeping of any job competes.
-            asked.wait(timeout=ASKED_WAIT_SECONDS)
-            runner.prepare_execution(job)
-            runner.perform_job(job, queue)
-        except Exception:
-            logger.exception("job %s crashed outside its own error handling", job.id)
-        finally:
-            current = threading.current_thread()
-            with self._lock:
-                self._threads.discard(current)
-                self._tokens.pop(id(current), None)
-            if token is not None and self._global is not None:
-                with contextlib.suppress(Exception):
-                    self._global.release(token)
-            self._local.release()
+        # Every line of the job (RQ's too: Job OK, a failure) carries the job's ids.
+        with logs.bind(**ids):
+            # The job's coroutine runs on this worker's loop (jobs.generate_reply looks it up).
+            _job_thread.loop = self._loop
+            _job_thread.generation = generation
+            try:
+                # RQ's bookkeeping (about 2 ms of CPU a job) waits until the LLM has been asked, so
+                # in a burst every request goes out before the bookkeeping of any job competes.
+                asked.wait(timeout=ASKED_WAIT_SECONDS)
+                runner.prepare_execution(job)
+                runner.perform_job(job, queue)
+            except Exception:
+                logger.exception("job %s crashed outside its own error handling", job.id)
+            finally:
+                current = threading.current_thread()
+                with self._lock:
+                    self._threads.discard(current)
+                    self._tokens.pop(id(current), None)
+                if token is not None and self._global is not None:
+                    with contextlib.suppress(Exception):
+                        self._global.release(token)
+                self._local.release()
 
     def teardown(self) -> None:
         # Let running generations finish (warm shutdown) before the worker unregisters.

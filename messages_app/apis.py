@@ -36,6 +36,7 @@ from messages_app.serializers import (
     WsTicketSerializer,
 )
 from messages_app.tickets import ticket_issue
+from messageservice import logs
 
 
 class ByNamePagination(CursorPagination):
@@ -212,9 +213,10 @@ class ConversationMessagesApi(APIView):
             client_id=client_id,
             parent_id=data.get("parent_id"),
         )
-        input_wait_and_settle(
-            result.check, user_message=result.user_message, reply=result.assistant_message
-        )
+        with logs.bind(generation_id=result.generation_id):
+            input_wait_and_settle(
+                result.check, user_message=result.user_message, reply=result.assistant_message
+            )
         return Response(_send_body(result), status=status.HTTP_202_ACCEPTED)
 
 
@@ -268,8 +270,9 @@ class GenerationCancelApi(APIView):
 
     @extend_schema(request=None, responses={202: CancelResultSerializer})
     def post(self, request: Request, generation_id: int) -> Response:
-        reply = selectors.reply_get(user=request.user, generation_id=generation_id)
-        message = services.reply_cancel(reply=reply)
+        with logs.bind(generation_id=generation_id):
+            reply = selectors.reply_get(user=request.user, generation_id=generation_id)
+            message = services.reply_cancel(reply=reply)
         return Response(
             {"generation_id": generation_id, "message": MessageSerializer(message).data},
             status=status.HTTP_202_ACCEPTED,

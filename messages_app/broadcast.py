@@ -20,6 +20,7 @@ from django.conf import settings
 
 from messages_app.events import Event
 from messages_app.models import Conversation
+from messageservice import logs
 from messageservice.channel_layer import group_publisher
 
 logger = logging.getLogger(__name__)
@@ -89,11 +90,16 @@ def send_event(conversation: Conversation, *events: Event) -> None:
 
 def _retry_later(group: str, events: list[Event]) -> None:
     threading.Thread(
-        target=_retry, args=(group, events), name="announce-retry", daemon=True
+        target=_retry, args=(group, events, logs.carried()), name="announce-retry", daemon=True
     ).start()
 
 
-def _retry(group: str, events: list[Event]) -> None:
+def _retry(group: str, events: list[Event], ids: dict[str, Any]) -> None:
+    with logs.bind(**ids):  # a new thread starts with no ids
+        _retry_for_a_while(group, events)
+
+
+def _retry_for_a_while(group: str, events: list[Event]) -> None:
     deadline = time.monotonic() + settings.ANNOUNCE_RETRY_SECONDS
     delay = 0.5
     while time.monotonic() < deadline:

@@ -28,7 +28,7 @@ from messages_app.models import Conversation, Message
 from messages_app.safety.client import SafetyUnavailable
 from messages_app.safety_flow import input_settle
 from messages_app.streams import log_last_seq, log_read_after
-from messageservice import metrics
+from messageservice import logs, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +158,18 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             await self._error("unknown_type", f"Unknown frame type {frame['type']!r}.")
             return
-        try:
-            await handler(self, frame)
-        except ServiceError as exc:
-            body = exc.as_dict()["error"]
-            await self.send_json(events.error(exc.code, exc.message, body.get("details")))
-        except Exception:
-            logger.exception("websocket frame %s failed", frame["type"])
-            await self._error("internal_error", "The frame could not be handled.")
+        # The frame's own request id when the client named it (sanely), else a new one: on
+        # every log line of the frame's handling, and carried with a reply it queues.
+        request_id = logs.sane_request_id(frame.get("request_id")) or logs.new_request_id()
+        with logs.bind(request_id=request_id):
+            try:
+                await handler(self, frame)
+            except ServiceError as exc:
+                body = exc.as_dict()["error"]
+                await self.send_json(events.error(exc.code, exc.message, body.get("details")))
+            except Exception:
+                logger.exception("websocket frame %s failed", frame["type"])
+                await self._error("internal_error", "The frame could not be handled.")
 
     async def _error(self, code: str, message: str) -> None:
         await self.send_json(events.error(code, message))
@@ -183,6 +187,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             # The contract's own frame, not an `error`; the connection stays open.
             await self.send_json(events.rate_limited(retry_after=exc.retry_after, limit=exc.limit))
             return
+        with logs.bind(generation_id=result.generation_id):
+            await self._message_sent(result)
+
+    async def _message_sent(self, result: services.SendResult) -> None:
         if result.check is not None:
             # The check runs while the reply's generation starts (it releases no delta before
             # the verdict); this connection waits for it without holding the database thread.
@@ -208,15 +216,20 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def _generation_cancel(self, frame: dict[str, Any]) -> None:
         generation_id = _positive_int(frame, "generation_id")
-        reply = await database_sync_to_async(selectors.reply_get)(
-            user=self.scope["user"], generation_id=generation_id
-        )
-        await database_sync_to_async(services.reply_cancel)(reply=reply)
+        with logs.bind(generation_id=generation_id):
+            reply = await database_sync_to_async(selectors.reply_get)(
+                user=self.scope["user"], generation_id=generation_id
+            )
+            await database_sync_to_async(services.reply_cancel)(reply=reply)
 
     async def _stream_resume(self, frame: dict[str, Any]) -> None:
         """Replay the deltas after `after_seq`, then follow the generation live."""
         generation_id = _positive_int(frame, "generation_id")
         after_seq = _positive_int(frame, "after_seq", default=0)
+        with logs.bind(generation_id=generation_id):
+            await self._resume(generation_id, after_seq)
+
+    async def _resume(self, generation_id: int, after_seq: int) -> None:
         reply = await database_sync_to_async(selectors.reply_get)(
             user=self.scope["user"], generation_id=generation_id
         )
@@ -311,13 +324,15 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             # Not followed: a client that wants it resumes it, and gets the end from there,
             # after the deltas it misses, never before them.
             return
-        final_seq = (event.get("message") or {}).get("seq")
-        if generation_id in self.sent and final_seq:
-            await self._fill(generation_id, upto=final_seq)
-        self.ended.add(generation_id)
-        if blocked:
-            self.withheld.add(generation_id)
-        await self.send_json(event)
+        with logs.bind(generation_id=generation_id):
+            final_seq = (event.get("message") or {}).get("seq")
+            if generation_id in self.sent and final_seq:
+                await self._fill(generation_id, upto=final_seq)
+            self.ended.add(generation_id)
+            if blocked:
+                self.withheld.add(generation_id)
+            await self.send_json(event)
+            logger.debug("sent %s to a client", event["type"])
 
     generation_completed = _generation_end
     generation_failed = _generation_end

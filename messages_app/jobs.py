@@ -30,7 +30,7 @@ from messages_app import titles
 from messages_app.models import Message
 from messages_app.output_review import output_review
 from messages_app.safety.client import SafetyUnavailable
-from messageservice import metrics
+from messageservice import logs, metrics
 from messageservice.redis_clients import sync_redis
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def enqueue_post_process(message: Message) -> None:
             result_ttl=600,
             failure_ttl=DONE_TTL_SECONDS,
             retry=Retry(max=3, interval=list(settings.POSTPROCESS_RETRY_INTERVALS)),
+            # The reply's request and generation ids: the worker binds them for the job's lines.
+            meta=logs.carried(),
             pipeline=pipe,
         )
         pipe.execute()

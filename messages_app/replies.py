@@ -19,6 +19,7 @@ from django.utils import timezone
 from messages_app import events, hooks, streams
 from messages_app.broadcast import send_event
 from messages_app.models import Conversation, Message
+from messageservice import logs
 
 
 class ReplyEngine(Protocol):
@@ -161,6 +162,15 @@ def _default_finish_reason(end: ReplyEnd) -> str:
 
 
 def _after_end(message: Message, end: ReplyEnd) -> None:
+    generation = getattr(message, "generation", None)  # loaded by reply_end
+    if generation is None:
+        _announce_end(message, end)
+        return
+    with logs.bind(generation_id=generation.pk):
+        _announce_end(message, end)
+
+
+def _announce_end(message: Message, end: ReplyEnd) -> None:
     if message.status == Message.Status.BLOCKED:
         # Its text is for the moderators: no resume may replay it.
         streams.log_delete(message.stream_key)

@@ -34,7 +34,7 @@ from messages_app.replies import ReplyEnd, reply_end, reply_engine
 from messages_app.safety.client import GATE_PENDING, GATE_TTL_SECONDS, PendingCheck, gate_key
 from messages_app.safety_flow import input_blocked_error, input_check_start
 from messages_app.selectors import branch_leaf_under, siblings_of
-from messageservice import rows
+from messageservice import logs, rows
 from messageservice.redis_clients import sync_redis
 
 logger = logging.getLogger(__name__)
@@ -303,9 +303,12 @@ def _queue_reply(
         known = {announce[0].pk: siblings, assistant.pk: [assistant.pk]}
     else:
         known = siblings_of(created)
-    transaction.on_commit(
-        lambda: _start_and_announce(conversation, created, previous_leaf, known, gated=gated)
-    )
+
+    def start() -> None:
+        with logs.bind(generation_id=generation_id):
+            _start_and_announce(conversation, created, previous_leaf, known, gated=gated)
+
+    transaction.on_commit(start)
     return assistant, generation_id
 
 
@@ -350,6 +353,12 @@ def _start_and_announce(
         ) from exc
     if not published:
         send_event(conversation, *frames)
+    logger.info(
+        "reply %s queued as generation %s (conversation %s)",
+        created[-1].pk,
+        logs.current_generation_id(),
+        conversation.pk,
+    )
 
 
 def message_regenerate(*, message: Message) -> tuple[Message, int]:

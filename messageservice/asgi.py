@@ -14,14 +14,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from messages_app.middleware import TicketAuthMiddleware  # noqa: E402
 from messages_app.routing import websocket_urlpatterns  # noqa: E402
-from messageservice import request_limits  # noqa: E402
+from messageservice import logs, request_limits  # noqa: E402
 
 # Body and websocket message limits inside daphne, before anything is buffered.
 request_limits.install()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Issue 10: logs. The request id on every line of the exchange (docs/logging.md).
+        "http": logs.RequestIdASGIMiddleware(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(TicketAuthMiddleware(URLRouter(websocket_urlpatterns)))
         ),

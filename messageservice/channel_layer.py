@@ -22,6 +22,8 @@ from channels_redis.pubsub import (
     RedisSingleShardConnection,
 )
 
+from messageservice import logs
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +56,8 @@ class _PromptShard(RedisSingleShardConnection):
         self._subscribed.set()
 
     async def _do_receiving(self) -> None:
+        # The receiver serves every consumer of the process; it was started by one of them.
+        logs.detach()
         while True:
             try:
                 if self._pubsub and self._pubsub.subscribed:

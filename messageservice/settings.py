@@ -19,7 +19,9 @@ django_stubs_ext.monkeypatch()
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").exists():
+    # Only then: django-environ logs its absence, before LOGGING is set up (daphne: plain text).
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 INSECURE_DEFAULT_KEY = "insecure-dev-key-change-me-0123456789abcdef0123456789"
 # Keys that have been published (in this repository's defaults, examples and build steps):
@@ -313,6 +315,9 @@ AUTHENTICATION_BACKENDS = [
 ]
 
 MIDDLEWARE = [
+    # Issue 10: logs. First, so that every line of the request, and its response, carry the
+    # request id (X-Request-ID).
+    "messageservice.logs.request_id_middleware",
     # First: counts every response (http_requests_total) and answers GET /metrics itself.
     "messageservice.metrics.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -434,16 +439,45 @@ RQ_QUEUES = {
 RQ = {"WORKER_CLASS": "llm_app.worker.GenerationWorker"}
 
 # --- Logging -------------------------------------------------------------------------------
+# Issue 10: logs. json: one JSON object per line (messageservice.logs, docs/logging.md), the
+# default in production; plain: one human line per record. Either way every record carries
+# the request id and, on a reply's path, the generation id.
+LOG_FORMAT: str = env.str("LOG_FORMAT", default="json" if ENVIRONMENT == "production" else "plain")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}.")
+LOGGING_CONFIG = "messageservice.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"context": {"()": "messageservice.logs.ContextFilter", "service": SERVICE_NAME}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "console": {
+            "()": (
+                "messageservice.logs.JsonFormatter"
+                if LOG_FORMAT == "json"
+                else "messageservice.logs.PlainFormatter"
+            )
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "messageservice.logs.JsonStreamHandler"
+            if LOG_FORMAT == "json"
+            else "logging.StreamHandler",
+            "formatter": "console",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's default logging gives these handlers of their own (plain text, some only
+        # with DEBUG on); none here, so that their records reach the console handler above.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "django.db.backends": {"level": "INFO"},
         "rq.worker": {"level": LOG_LEVEL},
+        # daphne's access lines (JSON mode routes them here): written whatever LOG_LEVEL, as
+        # daphne writes them in plain mode; `daphne -v 0` turns them off in both.
+        "daphne.access": {"level": "INFO"},
     },
 }

@@ -28,6 +28,7 @@ import redis
 from django.conf import settings
 
 from messages_app.safety.categories import Verdict
+from messageservice import logs
 from messageservice.redis_clients import async_redis, sync_redis
 
 KINDS = ("input", "output")
@@ -206,6 +207,7 @@ class _Dispatcher:
             self.task = None
 
     async def _run(self) -> None:
+        logs.detach()  # one dispatcher for the checks of every request of the loop
         try:
             while self.waiting:
                 item = await self.client.blpop([self.key], timeout=_DISPATCH_BLOCK_SECONDS)
