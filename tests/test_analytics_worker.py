@@ -21,6 +21,7 @@ from django.db import connections, transaction
 from analytics_app import rollups
 from analytics_app.events import events_key
 from analytics_app.models import FillState, UsageRow
+from llm_app.models import Generation
 from messages_app.models import Conversation, Message
 from messages_app.replies import ReplyEnd, reply_end
 from messageservice import liveness
@@ -103,16 +104,16 @@ def exchanges(count: int) -> list[Message]:
         question = Message.objects.create(
             conversation=conversation, role="user", author=user, content=f"q{i}"
         )
-        replies.append(
-            Message.objects.create(
-                conversation=conversation,
-                role="assistant",
-                parent=question,
-                depth=1,
-                status="streaming",
-                model=f"model-{i % 2}",
-            )
+        reply = Message.objects.create(
+            conversation=conversation,
+            role="assistant",
+            parent=question,
+            depth=1,
+            status="streaming",
+            model=f"model-{i % 2}",
         )
+        Generation.objects.create(message=reply, provider="lmstudio", model=reply.model)
+        replies.append(reply)
     return replies
 
 
@@ -120,7 +121,14 @@ def finish(replies: list[Message]) -> None:
     """End each reply through the one service that ends replies (its hook queues the event)."""
     for n, reply in enumerate(replies):
         failed = n % 4 == 3
+
+        def record(message: Message, failed: bool = failed) -> None:
+            # What the engine records of a failure in the same transaction (llm_app.state).
+            if failed:
+                Generation.objects.filter(message=message).update(error_code="provider_error")
+
         reply_end(
+            record=record,
             message_id=reply.pk,
             end=ReplyEnd(
                 status="failed" if failed else "completed",
@@ -135,7 +143,18 @@ def finish(replies: list[Message]) -> None:
 
 
 def counted_replies() -> int:
-    return sum(UsageRow.objects.filter(interval="day").values_list("replies", flat=True))
+    """Replies the daily rows count as ended (every reply is counted from its first event on:
+    those still streaming too)."""
+    rows = UsageRow.objects.filter(interval="day")
+    return sum(r.completed + r.failed for r in rows)
+
+
+def settled() -> bool:
+    """No event waits and no batch is in hand."""
+    client: Any = sync_redis()
+    return not client.llen(events_key()) and not list(
+        client.scan_iter(match=f"{events_key()}:processing:*")
+    )
 
 
 def test_replies_ended_through_the_hook_reach_the_rows_of_a_running_worker(tmp_path, workers):
@@ -144,8 +163,7 @@ def test_replies_ended_through_the_hook_reach_the_rows_of_a_running_worker(tmp_p
     until(lambda: liveness.alive_counts()["analytics"] == 1, what="the heartbeat")
     replies = exchanges(12)
     finish(replies)
-    until(lambda: counted_replies() == 12, what="the rows")
-    until(lambda: sync_redis().llen(events_key()) == 0, what="the events")
+    until(lambda: counted_replies() == 12 and settled(), what="the rows")
     assert_rows_match_history()
     rows = UsageRow.objects.filter(interval="hour")
     assert sum(r.failures.get("provider_error", 0) for r in rows) == 3
@@ -159,7 +177,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(tmp_pa
     first = Worker(tmp_path / "first.log").start()
     workers.append(first)
     finish(exchanges(4))
-    until(lambda: counted_replies() == 4, what="the first rows")
+    until(lambda: counted_replies() == 4 and settled(), what="the first rows")
     rollups.state_main()  # the row the worker locks for each recomputation
 
     # Frozen, it cannot take the events of these replies before the database is locked.
@@ -205,8 +223,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(tmp_pa
 
     second = Worker(tmp_path / "second.log").start()
     workers.append(second)
-    until(lambda: counted_replies() == 12, what="the rows of every reply")
-    until(lambda: not list(sync_redis().scan_iter(match=processing)), what="the acks")
+    until(lambda: counted_replies() == 12 and settled(), what="the rows of every reply")
     assert "took back 5 events of dead workers" in second.output()
     assert_rows_match_history()
     assert sum(r["replies"] for k, r in expected_rows().items() if k[0] == "day") == 12
