@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analytics_app import selectors
-from analytics_app.serializers import UsageQuerySerializer, UsageSerializer
+from analytics_app.serializers import AnalyticsUsageSerializer, UsageQuerySerializer
 from messages_app.openapi import ErrorSerializer
 
 
@@ -37,7 +37,7 @@ class UsageApi(APIView):
             OpenApiParameter("user", OpenApiTypes.INT, description="Staff only: one user's rows."),
         ],
         responses={
-            200: UsageSerializer,
+            200: AnalyticsUsageSerializer,
             400: ErrorSerializer,
         },
         description="Rows are the rollup buckets starting in [from, to), merged by the "

@@ -45,9 +45,9 @@ class UsageQuerySerializer(serializers.Serializer[Any]):
     user = serializers.IntegerField(required=False, min_value=1)
 
     def get_fields(self) -> dict[str, Any]:
+        # `from` is a Python keyword: declared as `from_`, named `from` in first place.
         fields = super().get_fields()
-        fields["from"] = fields.pop("from_")
-        return fields
+        return {"from": fields.pop("from_"), **fields}
 
     def validate_group_by(self, value: str) -> list[str]:
         keys = [k.strip() for k in value.split(",") if k.strip()] or ["day"]
@@ -96,12 +96,12 @@ class UsageQuerySerializer(serializers.Serializer[Any]):
         return attrs
 
 
-class PercentilesSerializer(serializers.Serializer[Any]):
+class LatencyPercentilesSerializer(serializers.Serializer[Any]):
     p50 = serializers.IntegerField(allow_null=True)
     p95 = serializers.IntegerField(allow_null=True)
 
 
-class UsageMetricsSerializer(serializers.Serializer[Any]):
+class AnalyticsUsageMetricsSerializer(serializers.Serializer[Any]):
     user_messages = serializers.IntegerField()
     replies = serializers.IntegerField()
     completed = serializers.IntegerField()
@@ -114,13 +114,13 @@ class UsageMetricsSerializer(serializers.Serializer[Any]):
     failures = serializers.DictField(
         child=serializers.IntegerField(), help_text="{error code: failed replies}"
     )
-    ttft_ms = PercentilesSerializer(help_text="Of completed replies; null values: no sample.")
-    total_ms = PercentilesSerializer(help_text="Of completed replies; null values: no sample.")
+    ttft_ms = LatencyPercentilesSerializer(help_text="Completed replies; null: no sample.")
+    total_ms = LatencyPercentilesSerializer(help_text="Completed replies; null: no sample.")
     thumbs_up = serializers.IntegerField()
     thumbs_down = serializers.IntegerField()
 
 
-class UsageRowSerializer(UsageMetricsSerializer):
+class AnalyticsUsageRowSerializer(AnalyticsUsageMetricsSerializer):
     """A row: the group keys asked for, then the metrics."""
 
     hour = serializers.DateTimeField(required=False, help_text="With group_by hour.")
@@ -132,15 +132,15 @@ class UsageRowSerializer(UsageMetricsSerializer):
     model = serializers.CharField(required=False)
 
 
-class UsageSerializer(serializers.Serializer[Any]):
+class AnalyticsUsageSerializer(serializers.Serializer[Any]):
     from_ = serializers.DateTimeField()
     to = serializers.DateTimeField()
     interval = serializers.ChoiceField(choices=["hour", "day"])
     group_by = serializers.ListField(child=serializers.CharField())
-    rows = UsageRowSerializer(many=True)
-    totals = UsageMetricsSerializer()
+    rows = AnalyticsUsageRowSerializer(many=True)
+    totals = AnalyticsUsageMetricsSerializer()
 
     def get_fields(self) -> dict[str, Any]:
+        # `from` is a Python keyword: declared as `from_`, named `from` in first place.
         fields = super().get_fields()
-        fields["from"] = fields.pop("from_")
-        return fields
+        return {"from": fields.pop("from_"), **fields}

@@ -35,22 +35,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Worker:
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, **env: str) -> None:
         self.log = log
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        env = dict(
-            os.environ,
-            DJANGO_SETTINGS_MODULE="messageservice.settings",
-            DATABASE_URL=_database_url(),
-            REDIS_URL=settings.REDIS_URL,
-            ENVIRONMENT="test",
-            BATCH_SIZE_FOR_ANALYTICS="5",
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "messageservice.settings",
+            "DATABASE_URL": _database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "ENVIRONMENT": "test",
+            "BATCH_SIZE_FOR_ANALYTICS": "5",
             # The rows must come from the events: the fill pass closes no recent hour.
-            ANALYTICS_FILL_DELAY_SECONDS=str(10 * 86400),
-            LOG_LEVEL="INFO",
-        )
+            "ANALYTICS_FILL_DELAY_SECONDS": str(10 * 86400),
+            "LOG_LEVEL": "INFO",
+            **self.env,
+        }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "manage.py", "analytics_worker"],
@@ -228,3 +230,14 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(tmp_pa
     assert_rows_match_history()
     assert sum(r["replies"] for k, r in expected_rows().items() if k[0] == "day") == 12
     assert second.signal(signal.SIGTERM) == 0
+
+
+def test_a_worker_without_redis_logs_and_retries_and_stops_on_sigterm(tmp_path, workers):
+    from messageservice.embedded import free_port
+
+    worker = Worker(tmp_path / "worker.log", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    workers.append(worker.start())
+    until(lambda: worker.output().count("Redis failed") >= 3, what="the retries")
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert worker.signal(signal.SIGTERM) == 0
+    assert "analytics worker: stopped" in worker.output()
