@@ -26,9 +26,9 @@ KEY_FIELD["model"] = "model"
 
 @pytest.fixture
 def history():
-    history = build_history(exchanges=120, hours=50)
+    history = build_history(exchanges=80, hours=40)
     sync_redis().rpush(events_key(), *history.events)
-    worker = AnalyticsWorker()
+    worker = AnalyticsWorker(batch_size=1000)
     while worker.step():
         pass
     return history
