@@ -35,12 +35,21 @@ def encode(owner_id: int, times: Iterable[datetime], message_id: int | None = No
     return json.dumps(event, separators=(",", ":")).encode()
 
 
+# With no analytics worker running the list would grow without end: beyond this many events
+# the oldest are dropped (the fill pass counts their hours all the same).
+EVENTS_MAX = 200_000
+
+
 def push(*events: bytes) -> None:
-    """RPUSH `events` in one round trip. Never raises: a lost event waits for the fill pass."""
+    """RPUSH `events` (and trim the list) in one round trip. Never raises: a lost event waits
+    for the fill pass."""
     if not events:
         return
     try:
-        sync_redis().rpush(events_key(), *events)
+        pipe = sync_redis().pipeline(transaction=False)
+        pipe.rpush(events_key(), *events)
+        pipe.ltrim(events_key(), -EVENTS_MAX, -1)
+        pipe.execute()
     except Exception:
         logger.warning(
             "analytics: %d event(s) not queued; the fill pass will count them", len(events)

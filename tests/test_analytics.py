@@ -252,3 +252,27 @@ def test_histogram_percentiles_are_within_their_resolution():
     halves = histograms.of_samples(samples[:5]), histograms.of_samples(samples[5:])
     assert histograms.merge_into(*halves) == histograms.of_samples(samples)
     assert histograms.percentile({}, 0.5) is None
+
+
+def test_the_events_list_stays_bounded_without_a_worker(monkeypatch):
+    from analytics_app import events
+
+    monkeypatch.setattr(events, "EVENTS_MAX", 5)
+    for n in range(8):
+        events.push(events.encode(1, [timezone.now()], n))
+    client: Any = sync_redis()
+    assert [json.loads(e)["m"] for e in client.lrange(events_key(), 0, -1)] == [3, 4, 5, 6, 7]
+
+
+def test_a_push_without_redis_is_logged_not_raised(settings, caplog):
+    from analytics_app import events
+    from messageservice import redis_clients
+    from messageservice.embedded import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    redis_clients.reset()
+    try:
+        events.push(events.encode(1, [timezone.now()], 1))
+    finally:
+        redis_clients.reset()
+    assert "not queued; the fill pass will count them" in caplog.text
