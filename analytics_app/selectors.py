@@ -75,16 +75,24 @@ def usage(query: UsageQuery) -> dict[str, Any]:
     by_model = "model" in query.group_by
     groups: dict[tuple[Any, ...], Metrics] = defaultdict(Metrics)
     totals = Metrics()
-    fields = ("start", "user_id", "character_id", "model", *COUNTERS)
-    for row in rows.only(*fields, "failures", "ttft_hist", "total_hist").order_by():
+    # Tuples, not model instances: a month of rows of many users is read in one pass.
+    names = ("start", "user_id", "character_id", "model", *COUNTERS)
+    width = len(names)
+    for values in rows.order_by().values_list(*names, "failures", "ttft_hist", "total_hist"):
         key = (
-            row.start if by_time else None,
-            row.user_id if by_user else None,
-            row.character_id if by_character else None,
-            row.model if by_model else None,
+            values[0] if by_time else None,
+            values[1] if by_user else None,
+            values[2] if by_character else None,
+            values[3] if by_model else None,
         )
-        groups[key].merge(row)
-        totals.merge(row)
+        group = groups[key]
+        for offset, name in enumerate(COUNTERS, start=4):
+            group.counts[name] += values[offset]
+        histograms.merge_into(group.failures, values[width])
+        histograms.merge_into(group.ttft_hist, values[width + 1])
+        histograms.merge_into(group.total_hist, values[width + 2])
+    for group in groups.values():
+        totals.merge(group)
     users: dict[int, str] = {}
     characters: dict[int, str] = {}
     if by_user:
