@@ -266,7 +266,12 @@ POSTPROCESS_RETRY_INTERVALS: list[int] = [
     int(value) for value in env.list("POSTPROCESS_RETRY_INTERVALS", default=["5", "30", "120"])
 ]
 
+# Issue 10: analytics. Events the analytics worker takes per batch (analytics_app.worker).
 BATCH_SIZE_FOR_ANALYTICS: int = env.int("BATCH_SIZE_FOR_ANALYTICS", default=100)
+# The fill pass closes an hour this long after it ends (its replies have ended by then), and
+# runs this often (docs/analytics.md).
+ANALYTICS_FILL_DELAY_SECONDS: int = env.int("ANALYTICS_FILL_DELAY_SECONDS", default=900)
+ANALYTICS_FILL_INTERVAL_SECONDS: float = env.float("ANALYTICS_FILL_INTERVAL_SECONDS", default=60.0)
 WS_TICKET_TTL_SECONDS: int = env.int("WS_TICKET_TTL_SECONDS", default=30)
 
 # --- Issue 10: metrics (messageservice.metrics; docs/metrics.md) ----------------------------
