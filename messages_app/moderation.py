@@ -37,6 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework import serializers
 
+from analytics_app import events as analytics_events
 from messages_app.accounts.revocation import account_group
 from messages_app.errors import Banned, Conflict, InvalidInput
 from messages_app.models import (
@@ -513,6 +514,7 @@ def _messages_approve(message_ids: list[int], now: datetime) -> None:
     Message.objects.filter(pk__in=message_ids).update(
         safety_flagged=False, safety_categories=[], updated_at=now
     )
+    analytics_events.messages_changed(message_ids)
 
 
 # --- characters --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
+from analytics_app import events as analytics_events
 from messages_app import events
 from messages_app.broadcast import send_event
 from messages_app.errors import ContentBlocked, Unavailable
@@ -176,6 +177,7 @@ def safety_record(message: Message, verdict: Verdict, *, source: str, blocked: b
         safety_scores=message.safety_scores,
     )
     review_record(message, source=source, verdict=verdict, blocked=blocked)
+    analytics_events.message_changed(message)
     conversation = message.conversation
     event = events.safety_flagged(message_id=message.pk, categories=message.safety_categories)
     transaction.on_commit(lambda: send_event(conversation, event))

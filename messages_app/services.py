@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from analytics_app import events as analytics_events
 from messages_app import events, limits
 from messages_app.broadcast import publish_in, send_event
 from messages_app.errors import (
@@ -445,6 +446,7 @@ def conversation_delete(*, conversation: Conversation) -> None:
                 ),
             )
         conversation_id = conversation.pk
+        analytics_events.conversation_deleting(conversation)
         conversation.delete()
         transaction.on_commit(
             lambda: send_event(
@@ -462,4 +464,5 @@ def feedback_give(*, message: Message, user: Any, rating: int, comment: str = ""
     feedback, _ = Feedback.objects.update_or_create(
         message=message, user=user, defaults={"rating": rating, "comment": comment}
     )
+    analytics_events.message_changed(message)
     return feedback

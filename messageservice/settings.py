@@ -246,7 +246,12 @@ SAFETY_LLAMA_GUARD_API_KEY: str = env.str("SAFETY_LLAMA_GUARD_API_KEY", default=
 # time given (s, m, h, d, or "forever"): "3=1d,6=7d,10=forever".
 VIOLATION_BAN_THRESHOLDS: str = env.str("VIOLATION_BAN_THRESHOLDS", default="3=1d,6=7d,10=forever")
 
+# Issue 10: analytics. Events the analytics worker takes per batch (analytics_app.worker).
 BATCH_SIZE_FOR_ANALYTICS: int = env.int("BATCH_SIZE_FOR_ANALYTICS", default=100)
+# The fill pass closes an hour this long after it ends (its replies have ended by then), and
+# runs this often (docs/analytics.md).
+ANALYTICS_FILL_DELAY_SECONDS: int = env.int("ANALYTICS_FILL_DELAY_SECONDS", default=900)
+ANALYTICS_FILL_INTERVAL_SECONDS: float = env.float("ANALYTICS_FILL_INTERVAL_SECONDS", default=60.0)
 WS_TICKET_TTL_SECONDS: int = env.int("WS_TICKET_TTL_SECONDS", default=30)
 
 # --- Request limits (messageservice.request_limits, enforced inside daphne) ----------------

@@ -13,6 +13,7 @@ urlpatterns = [
     path("analytics/", dashboard_page, name="analytics-dashboard"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("api/v1/analytics/", include("analytics_app.urls")),  # Issue 10: analytics
     path("api/v1/", include("messages_app.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
