@@ -199,6 +199,10 @@
     return [0, max * 1.1];
   }
 
+  // Ticks of counts are whole numbers; of milliseconds too.
+  var WHOLE_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4,
+    2.5e4, 5e4, 1e5, 2e5, 2.5e5, 5e5, 1e6, 2e6, 2.5e6, 5e6, 1e7, 2e7, 5e7, 1e8, 1e9, 1e10];
+
   function drawChart(container, bounds, xs, series) {
     container.textContent = "";
     var width = Math.max(260, container.clientWidth || 400);
@@ -214,6 +218,7 @@
           stroke: "#6b7385",
           grid: { stroke: "#eef0f3" },
           size: 52,
+          incrs: WHOLE_INCRS,
           values: function (u, splits) { return splits.map(fmtCompact); }
         }
       ],
@@ -380,11 +385,10 @@
         fmt(t.cancelled) + " cancelled"),
       totalItem("prompt_tokens", "Prompt tokens", t.prompt_tokens),
       totalItem("completion_tokens", "Completion tokens", t.completion_tokens),
-      totalItem("ttft", "Time to first token", fmtMs(ttft.p50) + " p50",
-        fmtMs(ttft.p95) + " p95"),
-      totalItem("total_time", "Reply time", fmtMs(total.p50) + " p50", fmtMs(total.p95) + " p95"),
+      totalItem("ttft", "Time to first token, p50", fmtMs(ttft.p50), "p95 " + fmtMs(ttft.p95)),
+      totalItem("total_time", "Reply time, p50", fmtMs(total.p50), "p95 " + fmtMs(total.p95)),
       totalItem("flagged", "Flagged", t.flagged, fmt(t.blocked) + " blocked"),
-      totalItem("thumbs", "Feedback", fmt(t.thumbs_up) + " up", fmt(t.thumbs_down) + " down")
+      totalItem("thumbs", "Thumbs up / down", fmt(t.thumbs_up) + " / " + fmt(t.thumbs_down))
     ];
     items.forEach(function (it) { el.totalsGrid.appendChild(it); });
   }
