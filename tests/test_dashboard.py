@@ -403,7 +403,10 @@ def test_the_dashboard_draws_the_usage_api_in_chromium(visit, tmp_path):
     page.wait_for_selector('[data-testid="dashboard"][data-range="30d"][data-state="ready"]')
     assert _chart(page, "tokens")["points"] == 30
 
-    assert visit.requests and not visit.foreign, visit.foreign
+    # Everything came from the live server: the vendored chart library and the usage API.
+    assert not visit.foreign, visit.foreign
+    assert f"{visit.web}/static/analytics/vendor/uplot/uPlot.iife.min.js" in visit.requests
+    assert sum(urlsplit(url).path == USAGE_PATH for url in visit.requests) == 9
     assert visit.errors == []
 
 
