@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,8 @@ def events_key() -> str:
 
 
 def encode(owner_id: int, times: Iterable[datetime], message_id: int | None = None) -> bytes:
-    event = {"m": message_id, "u": owner_id, "t": [round(t.timestamp(), 3) for t in times]}
+    # Whole seconds, rounded down: enough for the hour, and never into the next one.
+    event = {"m": message_id, "u": owner_id, "t": [math.floor(t.timestamp()) for t in times]}
     return json.dumps(event, separators=(",", ":")).encode()
 
 

@@ -1,7 +1,7 @@
 """Recompute usage rows from the messages tables, bucket by bucket, and fill whole hours.
 
 `buckets_recompute` replaces the hourly rows of given (user, hour) buckets and the daily rows
-of their days, in one transaction per hour: running it twice gives the same rows. `fill`
+of their days, in one transaction: running it twice gives the same rows. `fill`
 closes whole hours from the fill state's `end_time` (Zulip's FillState) so that rows whose
 events were lost are right once their hour is filled. Every recomputation holds the row lock of
 the main fill state, so workers, the fill pass and the backfill never write one bucket at once.
@@ -235,15 +235,17 @@ def _day_replace(day: datetime, user_ids: Collection[int]) -> None:
 
 def buckets_recompute(buckets: Iterable[tuple[int, datetime]]) -> int:
     """Recompute the hourly rows of the (user id, hour start) `buckets` and the daily rows of
-    their days: one transaction per hour. Returns the number of hours recomputed."""
+    their days, in one transaction (a batch's worth). Returns the number of hours recomputed."""
     by_hour: dict[datetime, set[int]] = defaultdict(set)
     for user_id, moment in buckets:
         by_hour[floor_hour(moment)].add(user_id)
-    for start in sorted(by_hour):
-        with transaction.atomic():
-            _lock()
-            touched = _hour_replace(start, by_hour[start])
-            _day_replace(floor_day(start), touched | by_hour[start])
+    by_day: dict[datetime, set[int]] = defaultdict(set)
+    with transaction.atomic():
+        _lock()
+        for start in sorted(by_hour):
+            by_day[floor_day(start)] |= _hour_replace(start, by_hour[start]) | by_hour[start]
+        for day in sorted(by_day):
+            _day_replace(day, by_day[day])
     return len(by_hour)
 
 

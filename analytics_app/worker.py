@@ -31,7 +31,7 @@ from messageservice import liveness, metrics
 
 logger = logging.getLogger(__name__)
 
-POP_BLOCK_SECONDS = 1.0
+POP_BLOCK_SECONDS = 1
 BACKOFF_FIRST_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 # A processing list's owner proves it is alive with this key, renewed every loop.
@@ -69,7 +69,7 @@ def buckets_of(raws: list[bytes]) -> set[tuple[int, datetime]]:
                 buckets.add((owner, rollups.floor_hour(datetime.fromtimestamp(float(t), UTC))))
             if event.get("m") is not None:
                 message_ids.append(int(event["m"]))
-        except (ValueError, KeyError, TypeError, OverflowError):
+        except (ValueError, KeyError, TypeError, OverflowError, OSError):
             logger.warning("analytics worker: dropped a malformed event %r", raw[:200])
     if message_ids:
         for owner, created in Message.objects.filter(
@@ -113,12 +113,14 @@ class AnalyticsWorker:
         while not self.stopping.is_set():
             try:
                 self.beat()
+                # A connection the database dropped (or one too old) is replaced, as Django
+                # does around each request.
+                close_old_connections()
                 if time.monotonic() >= self.next_fill:
                     self.adopt_orphans()
                     self.fill_pass()
                     self.next_fill = time.monotonic() + settings.ANALYTICS_FILL_INTERVAL_SECONDS
-                if not self.step():
-                    self.stopping.wait(POP_BLOCK_SECONDS)
+                self.step(block=POP_BLOCK_SECONDS)
                 backoff = BACKOFF_FIRST_SECONDS
             except redis.RedisError as exc:
                 logger.warning(
@@ -153,11 +155,20 @@ class AnalyticsWorker:
 
     # --- batches ------------------------------------------------------------------------------
 
-    def step(self) -> bool:
+    def step(self, block: int = 0) -> bool:
         """Process the batch in this worker's processing list (left by a failed step), or take
-        a new one. False when there was nothing to do."""
+        a new one, waiting up to `block` seconds for a first event. False when there was
+        nothing to do."""
         raws: list[bytes] = self.redis.lrange(self.processing, 0, -1)  # type: ignore[assignment]
-        if not raws:
+        if not raws and block:
+            # BLMOVE (Redis 6.2) rather than polling: the first event wakes the worker at once.
+            first = self.redis.blmove(self.key, self.processing, block, "LEFT", "RIGHT")
+            if first is None:
+                return False
+            raws = [first]  # type: ignore[list-item]
+            if self.batch_size > 1:
+                raws += self.take(keys=[self.key, self.processing], args=[self.batch_size - 1])
+        elif not raws:
             raws = self.take(keys=[self.key, self.processing], args=[self.batch_size])
         if not raws:
             return False
@@ -167,7 +178,6 @@ class AnalyticsWorker:
         return True
 
     def handle(self, raws: list[bytes]) -> None:
-        close_old_connections()
         started = time.perf_counter()
         buckets = buckets_of(raws)
         hours = rollups.buckets_recompute(buckets)
@@ -195,7 +205,6 @@ class AnalyticsWorker:
         return taken
 
     def fill_pass(self) -> int:
-        close_old_connections()
         last_beat = time.monotonic()
 
         def on_hour(_hour: datetime) -> None:

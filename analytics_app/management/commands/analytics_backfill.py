@@ -5,8 +5,9 @@ Without --from it advances the worker's own fill state ("usage") from where it s
 first message's hour on a fresh installation) to the last closed hour: a rerun continues a
 killed run, and once done only adds the hours closed since. With --from (and --to, default:
 the last closed hour) it recomputes that range under a fill state of its own, named after the
-range: a rerun with the same range continues it, and after it is done does nothing unless
---force starts it again.
+arguments: a rerun with the same arguments continues it, and after it is done does nothing
+(but the hours closed since, without --to) unless --force starts it again. --force alone
+recomputes everything from the first message.
 """
 
 from __future__ import annotations
@@ -50,14 +51,17 @@ class Command(BaseCommand):
             end = parse_moment(options["end"]) if options["end"] else None
         except ValueError as exc:
             raise CommandError(f"Not an ISO date or datetime: {exc}") from exc
-        end = rollups.floor_hour(min(end or rollups.fill_to_default(), rollups.fill_to_default()))
+        closed = rollups.fill_to_default()
         if start is None and not options["force"]:
             name = rollups.MAIN
         else:
             start = rollups.floor_hour(start or rollups.epoch())
-            name = f"{rollups.MAIN}:backfill:{start:%Y-%m-%dT%H}:{end:%Y-%m-%dT%H}"
+            # Named after the range asked for: the same command again finds its state.
+            until = f"{rollups.floor_hour(end):%Y-%m-%dT%H}" if end else "now"
+            name = f"{rollups.MAIN}:backfill:{start:%Y-%m-%dT%H}:{until}"
             if options["force"]:
                 FillState.objects.filter(name=name).delete()
+        end = rollups.floor_hour(min(end, closed) if end else closed)
         hours = rollups.fill(name, start=start, end=end, on_hour=self._progress)
         state = FillState.objects.get(name=name)
         self.stdout.write(
