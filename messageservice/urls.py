@@ -4,11 +4,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from analytics_app.pages import dashboard_page
 from messages_app.pages import chat_page
 from messageservice import health, metrics
 
 urlpatterns = [
     path("", chat_page, name="chat"),
+    path("analytics/", dashboard_page, name="analytics-dashboard"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/analytics/", include("analytics_app.urls")),  # Issue 10: analytics
