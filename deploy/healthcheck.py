@@ -5,6 +5,8 @@
                                                 (container / pod) is registered on QUEUE in Redis
     python deploy/healthcheck.py safety         exit 0 if a safety worker on this host keeps
                                                 its heartbeat key alive in Redis
+    python deploy/healthcheck.py analytics      exit 0 if an analytics worker on this host
+                                                beats its liveness (messageservice.liveness)
 
 The worker check uses the same Redis connection as the app (django_rq.get_connection, i.e.
 RQ_QUEUES from settings, built from REDIS_URL). A worker that died without unregistering drops
@@ -97,6 +99,40 @@ def check_safety() -> bool:
     return alive
 
 
+def analytics_alive(connection: Redis, key: str, hostname: str | None = None) -> bool:
+    """True when a member `<hostname>:<pid>` of the liveness sorted set `key` (kind analytics)
+    counts as alive: its score, the time until which it does, is still ahead."""
+    import time
+
+    prefix = f"{hostname or socket.gethostname()}:".encode()
+    return any(
+        member.startswith(prefix) for member in connection.zrangebyscore(key, time.time(), "+inf")
+    )
+
+
+def check_analytics() -> bool:
+    """True when a `manage.py analytics_worker` on this host beat its liveness lately."""
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messageservice.settings")
+    import django
+
+    django.setup()
+    import redis
+    from django.conf import settings
+
+    key = f"{settings.SERVICE_NAME}:workers:analytics"
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        alive = analytics_alive(client, key)
+    except Exception as exc:  # any failure means "unhealthy"
+        print(f"analytics health check failed: {exc}", file=sys.stderr)
+        return False
+    if not alive:
+        print(f"no analytics worker from {socket.gethostname()}", file=sys.stderr)
+    return alive
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 1 and argv[0] == "web":
         return 0 if check_web(argv[1] if len(argv) > 1 else "/health") else 1
@@ -104,6 +140,8 @@ def main(argv: list[str]) -> int:
         return 0 if check_worker(argv[1]) else 1
     if argv == ["safety"]:
         return 0 if check_safety() else 1
+    if argv == ["analytics"]:
+        return 0 if check_analytics() else 1
     print(__doc__, file=sys.stderr)
     return 2
 

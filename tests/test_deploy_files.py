@@ -14,9 +14,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from fnmatch import fnmatch
@@ -123,16 +125,13 @@ SEED_PANELS = (
     "Worker Health",
 )
 # Worker Deployment (k8s) / compose service -> rq queue, from the seed's worker kinds.
-K8S_WORKERS = {
-    "llm-workers": "llm",
-    "message-processor-workers": "messages",
-    "analytics-workers": "analytics",
-}
-COMPOSE_WORKERS = {
-    "llm-worker": "llm",
-    "message-processor": "messages",
-    "analytics-worker": "analytics",
-}
+K8S_RQ_WORKERS = {"llm-workers": "llm", "message-processor-workers": "messages"}
+K8S_WORKERS = {**K8S_RQ_WORKERS, "analytics-workers": "analytics"}
+COMPOSE_RQ_WORKERS = {"llm-worker": "llm", "message-processor": "messages"}
+COMPOSE_WORKERS = {**COMPOSE_RQ_WORKERS, "analytics-worker": "analytics"}
+# The analytics worker (issue 10): its own loop over batches of events, and its liveness probe.
+ANALYTICS_COMMAND = ["python", "manage.py", "analytics_worker"]
+ANALYTICS_PROBE = ["python", "deploy/healthcheck.py", "analytics"]
 # The content-safety worker (issue 9): its own command and heartbeat health check.
 SAFETY_COMMAND = ["python", "manage.py", "safety_worker"]
 SAFETY_PROBE = ["python", "deploy/healthcheck.py", "safety"]
@@ -431,7 +430,7 @@ def test_the_headless_message_workers_service_selects_every_worker_pod_on_9090()
 
 def test_workers_run_rqworker_on_their_queue_with_a_liveness_probe() -> None:
     deployments = k8s_objects("Deployment")
-    for name, queue in K8S_WORKERS.items():
+    for name, queue in K8S_RQ_WORKERS.items():
         (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
         assert container["command"] == ["python", "manage.py", "rqworker", queue], name
         assert_metrics_port(name, container)
@@ -454,6 +453,18 @@ def test_the_safety_worker_runs_with_its_heartbeat_probe_in_k8s_and_compose() ->
     service = compose_services()["safety-worker"]
     assert service["command"] == SAFETY_COMMAND
     assert service["healthcheck"]["test"] == ["CMD", *SAFETY_PROBE]
+
+
+def test_the_analytics_worker_runs_with_its_liveness_probe_in_k8s_and_compose() -> None:
+    (container,) = k8s_objects("Deployment")["analytics-workers"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["command"] == ANALYTICS_COMMAND
+    assert container["livenessProbe"]["exec"]["command"] == ANALYTICS_PROBE
+    assert_metrics_port("analytics-workers", container)
+    service = compose_services()["analytics-worker"]
+    assert service["command"] == ANALYTICS_COMMAND
+    assert service["healthcheck"]["test"] == ["CMD", *ANALYTICS_PROBE]
 
 
 def test_migrations_run_in_a_job_not_in_every_pod_start() -> None:
@@ -588,7 +599,7 @@ def test_compose_app_services_share_the_one_image() -> None:
     assert len(images) == 1
     assert services["web"]["command"] == WEB_COMMAND
     assert services["web"]["ports"] == [f"{WEB_PORT}:{WEB_PORT}"]
-    for name, queue in COMPOSE_WORKERS.items():
+    for name, queue in COMPOSE_RQ_WORKERS.items():
         assert services[name]["command"] == ["python", "manage.py", "rqworker", queue]
     assert services["llm-worker"]["deploy"]["replicas"] == 3
     assert compose_env(services["llm-worker"])["MAX_CONCURRENT_REQUESTS"] == "5"
@@ -616,7 +627,7 @@ def test_compose_healthchecks() -> None:
             continue
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
     assert "/health" in compose_web_healthcheck_code()
-    for name, queue in COMPOSE_WORKERS.items():
+    for name, queue in COMPOSE_RQ_WORKERS.items():
         test = services[name]["healthcheck"]["test"]
         assert test == ["CMD", "python", "deploy/healthcheck.py", "worker", queue], name
 
@@ -942,6 +953,25 @@ def test_healthcheck_script_worker_mode_sees_a_registered_rq_worker() -> None:
         worker.register_death()
     assert not module.worker_registered(connection, queue)
     connection.close()
+
+
+def test_healthcheck_script_analytics_mode_sees_a_live_worker_of_this_host() -> None:
+    redis = pytest.importorskip("redis")
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    connection = redis.Redis.from_url(url)
+    module = load_healthcheck_module()
+    key = f"deploy-healthcheck-{uuid.uuid4().hex}"
+    host = socket.gethostname()
+    try:
+        assert not module.analytics_alive(connection, key)
+        connection.zadd(key, {f"{host}:1": time.time() - 1, "another-pod:2": time.time() + 30})
+        assert not module.analytics_alive(connection, key)  # expired here, alive elsewhere
+        connection.zadd(key, {f"{host}:3": time.time() + 30})
+        assert module.analytics_alive(connection, key)
+        assert not module.analytics_alive(connection, key, hostname="third-pod")
+    finally:
+        connection.delete(key)
+        connection.close()
 
 
 def test_readme_explains_every_file() -> None:
