@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class MessagesAppConfig(AppConfig):
@@ -8,3 +9,8 @@ class MessagesAppConfig(AppConfig):
     def ready(self) -> None:
         # Registered on import: the user-model receivers and the OpenAPI auth scheme.
         from messages_app.accounts import schema, signals  # noqa: F401
+        from messages_app.search import after_migrate
+
+        # Issue 10: search. SQLite loses the search triggers when a migration rebuilds the
+        # message table; put them back after every migrate.
+        post_migrate.connect(after_migrate, sender=self, dispatch_uid="messages_app.search")
