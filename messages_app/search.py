@@ -31,11 +31,11 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 50
 MAX_PAGE = 1000
 
-# Private-use characters mark the hits in the database's snippet; the snippet is HTML-escaped,
-# then they become <mark></mark>. On PostgreSQL they are removed from the text first.
-_START, _STOP = "\ue000", "\ue001"
+# Two private-use characters that none of the page's texts holds mark the hits in the
+# database's snippet; the snippet is HTML-escaped, then they become <mark></mark>.
+_SENTINEL_FIRST = 0xE000
 _HEADLINE_OPTIONS = (
-    f"StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=12, ShortWord=2, "
+    "StartSel={start}, StopSel={stop}, MaxWords=30, MinWords=12, ShortWord=2, "
     'MaxFragments=2, FragmentDelimiter=" … "'
 )
 _SNIPPET_TOKENS = 24
@@ -108,33 +108,55 @@ def messages_search(*, user: Any, query: str, page: int = 1, page_size: int = 20
     offset = (page - 1) * page_size
     vendor = connection.vendor
     if vendor == "postgresql":
-        count, ranked, snippets = _search_postgresql(user.pk, query, page_size, offset)
+        count, ranked = _rank_postgresql(user.pk, query, page_size, offset)
     elif vendor == "sqlite":
-        count, ranked, snippets = _search_sqlite(user.pk, query, page_size, offset)
+        count, ranked = _rank_sqlite(user.pk, query, page_size, offset)
     else:
         raise Unavailable(f"Search is not available on {vendor}.", code="search_unavailable")
-    messages = Message.objects.select_related("conversation__character", "generation").in_bulk(
-        [message_id for message_id, _ in ranked]
+    # Checked again: a message blocked since the ranking query is not shown.
+    messages = (
+        Message.objects.select_related("conversation__character", "generation")
+        .filter(status__in=SEARCHABLE_STATUSES)
+        .in_bulk([message_id for message_id, _ in ranked])
     )
+    snippets: dict[int, str] = {}
+    if messages:
+        start, stop = sentinels([m.content for m in messages.values()])
+        snippet_rows = (_snippets_postgresql if vendor == "postgresql" else _snippets_sqlite)(
+            query, list(messages), start, stop
+        )
+        snippets = {i: snippet_html(text, start, stop) for i, text in snippet_rows}
     hits = [
         SearchHit(message=messages[message_id], rank=rank, snippet=snippets.get(message_id, ""))
         for message_id, rank in ranked
-        if message_id in messages  # deleted in between
+        if message_id in messages  # deleted or blocked in between
     ]
     return SearchPage(count=count, page=page, page_size=page_size, hits=hits)
 
 
-def snippet_html(marked: str) -> str:
-    """Escape the database's snippet, then turn its sentinels into <mark></mark>: balanced
-    whatever the text held (a stray sentinel opens nothing twice, an open mark is closed)."""
+def sentinels(texts: list[str]) -> tuple[str, str]:
+    """Two private-use characters that none of `texts` holds."""
+    found: list[str] = []
+    code = _SENTINEL_FIRST
+    while len(found) < 2:
+        char = chr(code)
+        if not any(char in text for text in texts):
+            found.append(char)
+        code += 1
+    return found[0], found[1]
+
+
+def snippet_html(marked: str, start: str, stop: str) -> str:
+    """Escape the database's snippet, then turn its sentinels into <mark></mark>, balanced
+    (a second start opens nothing, a stray stop closes nothing, an open mark is closed)."""
     out: list[str] = []
     open_mark = False
-    for part in re.split(f"([{_START}{_STOP}])", marked):
-        if part == _START:
+    for part in re.split(f"([{re.escape(start)}{re.escape(stop)}])", marked):
+        if part == start:
             if not open_mark:
                 out.append("<mark>")
                 open_mark = True
-        elif part == _STOP:
+        elif part == stop:
             if open_mark:
                 out.append("</mark>")
                 open_mark = False
@@ -150,6 +172,8 @@ def snippet_html(marked: str) -> str:
 # Both configurations: 'english' stems (runs finds running) and drops stop words, 'simple'
 # keeps every word as written, so stop words and non-English words are found as typed and an
 # exact form ranks above a stemmed one. The column holds both (migration 0007_search).
+# A query of negations only (`-word`) finds nothing, as on SQLite: querytree() is 'T' for a
+# query that no index can serve.
 _PG_TSQUERY = "(websearch_to_tsquery('english', %s) || websearch_to_tsquery('simple', %s))"
 _PG_STATUSES = ", ".join(f"'{status}'" for status in SEARCHABLE_STATUSES)
 
@@ -159,6 +183,7 @@ FROM messages_app_message m
 JOIN messages_app_conversation c ON c.id = m.conversation_id
 CROSS JOIN (SELECT {_PG_TSQUERY} AS query) q
 WHERE c.owner_id = %s AND m.search_vector @@ q.query AND m.status IN ({_PG_STATUSES})
+  AND querytree(q.query) <> 'T'
 ORDER BY rank DESC, m.id DESC
 LIMIT %s OFFSET %s
 """
@@ -167,39 +192,40 @@ _PG_COUNT_SQL = f"""
 SELECT count(*)
 FROM messages_app_message m
 JOIN messages_app_conversation c ON c.id = m.conversation_id
-WHERE c.owner_id = %s AND m.search_vector @@ {_PG_TSQUERY} AND m.status IN ({_PG_STATUSES})
+CROSS JOIN (SELECT {_PG_TSQUERY} AS query) q
+WHERE c.owner_id = %s AND m.search_vector @@ q.query AND m.status IN ({_PG_STATUSES})
+  AND querytree(q.query) <> 'T'
 """
 
 _PG_HEADLINE_SQL = f"""
-SELECT m.id, ts_headline(
-    'english', replace(replace(m.content, %s, ''), %s, ''), {_PG_TSQUERY}, %s
-)
+SELECT m.id, ts_headline('english', m.content, {_PG_TSQUERY}, %s)
 FROM messages_app_message m WHERE m.id = ANY(%s)
 """
 
 
-def _search_postgresql(
+def _rank_postgresql(
     user_id: int, query: str, limit: int, offset: int
-) -> tuple[int, list[tuple[int, float]], dict[int, str]]:
+) -> tuple[int, list[tuple[int, float]]]:
     with connection.cursor() as cursor:
         cursor.execute(PG_SEARCH_SQL, [query, query, user_id, limit, offset])
         rows = cursor.fetchall()
         if rows:
             count = int(rows[0][2])
         elif offset:  # past the last page: the count still says how many there are
-            cursor.execute(_PG_COUNT_SQL, [user_id, query, query])
+            cursor.execute(_PG_COUNT_SQL, [query, query, user_id])
             count = int(cursor.fetchone()[0])
         else:
             count = 0
-        ranked = [(int(row[0]), float(row[1])) for row in rows]
-        snippets: dict[int, str] = {}
-        if ranked:
-            cursor.execute(
-                _PG_HEADLINE_SQL,
-                [_START, _STOP, query, query, _HEADLINE_OPTIONS, [i for i, _ in ranked]],
-            )
-            snippets = {int(i): snippet_html(text) for i, text in cursor.fetchall()}
-    return count, ranked, snippets
+    return count, [(int(row[0]), float(row[1])) for row in rows]
+
+
+def _snippets_postgresql(
+    query: str, ids: list[int], start: str, stop: str
+) -> list[tuple[int, str]]:
+    options = _HEADLINE_OPTIONS.format(start=start, stop=stop)
+    with connection.cursor() as cursor:
+        cursor.execute(_PG_HEADLINE_SQL, [query, query, options, ids])
+        return [(int(i), text) for i, text in cursor.fetchall()]
 
 
 # --- SQLite (FTS5) -----------------------------------------------------------------------------
@@ -257,28 +283,29 @@ WHERE {FTS_TABLE} MATCH %s AND c.owner_id = %s AND m.status IN ({_SQLITE_STATUSE
 """
 
 
-def _search_sqlite(
+def _rank_sqlite(
     user_id: int, query: str, limit: int, offset: int
-) -> tuple[int, list[tuple[int, float]], dict[int, str]]:
+) -> tuple[int, list[tuple[int, float]]]:
     match = fts5_query(query)
     if not match:
-        return 0, [], {}
+        return 0, []
     with connection.cursor() as cursor:
         cursor.execute(SQLITE_SEARCH_SQL, [match, user_id, limit, offset])
         ranked = [(int(row[0]), float(row[1])) for row in cursor.fetchall()]
         cursor.execute(_SQLITE_COUNT_SQL, [match, user_id])
         count = int(cursor.fetchone()[0])
-        snippets: dict[int, str] = {}
-        if ranked:
-            ids = [i for i, _ in ranked]
-            marks = ", ".join(["%s"] * len(ids))
-            cursor.execute(
-                f"SELECT rowid, snippet({FTS_TABLE}, 0, %s, %s, '…', {_SNIPPET_TOKENS}) "
-                f"FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s AND rowid IN ({marks})",
-                [_START, _STOP, match, *ids],
-            )
-            snippets = {int(i): snippet_html(text) for i, text in cursor.fetchall()}
-    return count, ranked, snippets
+    return count, ranked
+
+
+def _snippets_sqlite(query: str, ids: list[int], start: str, stop: str) -> list[tuple[int, str]]:
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT rowid, snippet({FTS_TABLE}, 0, %s, %s, '…', {_SNIPPET_TOKENS}) "
+            f"FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s AND rowid IN ({marks})",
+            [start, stop, fts5_query(query), *ids],
+        )
+        return [(int(i), text) for i, text in cursor.fetchall()]
 
 
 # The triggers of migration 0007_search, put back after a `migrate` that rebuilt the message

@@ -115,12 +115,19 @@ def test_sentinel_characters_in_the_text_cannot_unbalance_the_marks(api, convers
     [hit] = _search(api, "walrus")["results"]
     snippet = hit["snippet"]
     assert "<mark>walrus</mark>" in snippet
-    assert snippet.count("<mark>") == snippet.count("</mark>")
+    assert snippet.count("<mark>") == snippet.count("</mark>") == 1
 
 
 def test_snippet_html_balances_marks():
-    assert search.snippet_html("\ue000a<\ue000b") == "<mark>a&lt;b</mark>"
-    assert search.snippet_html("\ue001x\ue000y") == "x<mark>y</mark>"
+    assert search.snippet_html("[a<[b", "[", "]") == "<mark>a&lt;b</mark>"
+    assert search.snippet_html("]x[y", "[", "]") == "x<mark>y</mark>"
+    assert search.sentinels(["a\ue000", "\ue002"]) == ("\ue001", "\ue003")
+
+
+def test_a_query_of_exclusions_only_finds_nothing(api, conversation):
+    _say(conversation, "The kraken rises from the sea.")
+    _say(conversation, "A calm day.")
+    assert _search(api, "-kraken")["count"] == 0
 
 
 def test_another_users_messages_never_appear(api, conversation, other_user, character):
@@ -275,7 +282,7 @@ def test_sql_or_search_syntax_in_q_gives_results_or_none_never_an_error(api, con
 
 def test_a_query_with_search_syntax_finds_the_words_it_holds(api, conversation):
     kraken = _say(conversation, "The kraken rises from the sea.")
-    for q in ('"kraken', "kraken*", "NEAR(kraken sea)", "(kraken", "\x00kraken"):
+    for q in ('"kraken', "kraken*", "(kraken", "kraken)", "kraken:", "\x00kraken", "KRAKEN"):
         assert _ids(_search(api, q)) == [kraken.pk], q
 
 
@@ -295,3 +302,18 @@ def test_the_fts5_query_quotes_every_term():
 
 def test_the_database_searches_with_its_own_engine():
     assert connection.vendor in ("postgresql", "sqlite")
+
+
+def test_the_openapi_schema_documents_the_search(api):
+    schema = api.get("/api/schema/?format=json").json()
+    operation = schema["paths"]["/api/v1/search/messages/"]["get"]
+    assert {p["name"] for p in operation["parameters"]} == {"q", "page", "page_size"}
+    assert {"200", "400", "403"} <= set(operation["responses"])
+    components = schema["components"]["schemas"]
+    assert set(components["SearchPage"]["properties"]) == {"count", "next", "previous", "results"}
+    assert set(components["SearchHit"]["properties"]) == {
+        "message",
+        "conversation",
+        "rank",
+        "snippet",
+    }
