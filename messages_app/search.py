@@ -121,11 +121,12 @@ def messages_search(*, user: Any, query: str, page: int = 1, page_size: int = 20
     )
     snippets: dict[int, str] = {}
     if messages:
-        start, stop = sentinels([m.content for m in messages.values()])
-        snippet_rows = (_snippets_postgresql if vendor == "postgresql" else _snippets_sqlite)(
-            query, list(messages), start, stop
-        )
-        snippets = {i: snippet_html(text, start, stop) for i, text in snippet_rows}
+        start, stop, lt = sentinels([m.content for m in messages.values()])
+        if vendor == "postgresql":
+            rows = _snippets_postgresql(query, list(messages), start, stop, lt)
+        else:
+            rows = _snippets_sqlite(query, list(messages), start, stop)
+        snippets = {i: snippet_html(text.replace(lt, "<"), start, stop) for i, text in rows}
     hits = [
         SearchHit(message=messages[message_id], rank=rank, snippet=snippets.get(message_id, ""))
         for message_id, rank in ranked
@@ -134,16 +135,16 @@ def messages_search(*, user: Any, query: str, page: int = 1, page_size: int = 20
     return SearchPage(count=count, page=page, page_size=page_size, hits=hits)
 
 
-def sentinels(texts: list[str]) -> tuple[str, str]:
-    """Two private-use characters that none of `texts` holds."""
+def sentinels(texts: list[str], count: int = 3) -> list[str]:
+    """`count` private-use characters that none of `texts` holds."""
     found: list[str] = []
     code = _SENTINEL_FIRST
-    while len(found) < 2:
+    while len(found) < count:
         char = chr(code)
         if not any(char in text for text in texts):
             found.append(char)
         code += 1
-    return found[0], found[1]
+    return found
 
 
 def snippet_html(marked: str, start: str, stop: str) -> str:
@@ -197,8 +198,10 @@ WHERE c.owner_id = %s AND m.search_vector @@ q.query AND m.status IN ({_PG_STATU
   AND querytree(q.query) <> 'T'
 """
 
+# ts_headline leaves out what its parser takes for HTML tags (`<b>`, `<script …>`): '<' goes
+# in as a sentinel and comes back, so the snippet shows the text as written.
 _PG_HEADLINE_SQL = f"""
-SELECT m.id, ts_headline('english', m.content, {_PG_TSQUERY}, %s)
+SELECT m.id, ts_headline('english', replace(m.content, '<', %s), {_PG_TSQUERY}, %s)
 FROM messages_app_message m WHERE m.id = ANY(%s)
 """
 
@@ -220,11 +223,11 @@ def _rank_postgresql(
 
 
 def _snippets_postgresql(
-    query: str, ids: list[int], start: str, stop: str
+    query: str, ids: list[int], start: str, stop: str, lt: str
 ) -> list[tuple[int, str]]:
     options = _HEADLINE_OPTIONS.format(start=start, stop=stop)
     with connection.cursor() as cursor:
-        cursor.execute(_PG_HEADLINE_SQL, [query, query, options, ids])
+        cursor.execute(_PG_HEADLINE_SQL, [lt, query, query, options, ids])
         return [(int(i), text) for i, text in cursor.fetchall()]
 
 
@@ -321,17 +324,14 @@ _SQLITE_TRIGGERS = {
     WHEN old.status IN ({_SQLITE_STATUSES}) BEGIN
         INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, content) VALUES ('delete', old.id, old.content);
     END""",
-    "messages_app_message_fts_aud": f"""
-    CREATE TRIGGER messages_app_message_fts_aud
-    AFTER UPDATE OF content, status ON messages_app_message
-    WHEN old.status IN ({_SQLITE_STATUSES}) BEGIN
-        INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, content) VALUES ('delete', old.id, old.content);
-    END""",
-    "messages_app_message_fts_aui": f"""
-    CREATE TRIGGER messages_app_message_fts_aui
-    AFTER UPDATE OF content, status ON messages_app_message
-    WHEN new.status IN ({_SQLITE_STATUSES}) BEGIN
-        INSERT INTO {FTS_TABLE}(rowid, content) VALUES (new.id, new.content);
+    # One trigger for both steps: the old row must leave the index before the new one enters.
+    "messages_app_message_fts_au": f"""
+    CREATE TRIGGER messages_app_message_fts_au
+    AFTER UPDATE OF content, status ON messages_app_message BEGIN
+        INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, content)
+        SELECT 'delete', old.id, old.content WHERE old.status IN ({_SQLITE_STATUSES});
+        INSERT INTO {FTS_TABLE}(rowid, content)
+        SELECT new.id, new.content WHERE new.status IN ({_SQLITE_STATUSES});
     END""",
 }
 
@@ -343,7 +343,7 @@ def ensure_sqlite_index(conn: BaseDatabaseWrapper) -> bool:
         return False
     with conn.cursor() as cursor:
         cursor.execute(
-            "SELECT type, name FROM sqlite_master WHERE name = %s OR name IN (%s, %s, %s, %s)",
+            "SELECT type, name FROM sqlite_master WHERE name = %s OR name IN (%s, %s, %s)",
             [FTS_TABLE, *_SQLITE_TRIGGERS],
         )
         present = {name for _, name in cursor.fetchall()}

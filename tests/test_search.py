@@ -100,7 +100,7 @@ def test_a_minus_word_excludes(api, conversation):
 
 
 def test_the_snippet_is_escaped_text_with_only_marks_as_html(api, conversation):
-    _say(conversation, "<script>alert('x')</script> & the <b>octopus</b> waves")
+    _say(conversation, "Look: <script>alert('x')</script> & the <b>octopus</b> waves")
     [hit] = _search(api, "octopus")["results"]
     snippet = hit["snippet"]
     assert "<script>" not in snippet and "<b>" not in snippet
@@ -121,7 +121,7 @@ def test_sentinel_characters_in_the_text_cannot_unbalance_the_marks(api, convers
 def test_snippet_html_balances_marks():
     assert search.snippet_html("[a<[b", "[", "]") == "<mark>a&lt;b</mark>"
     assert search.snippet_html("]x[y", "[", "]") == "x<mark>y</mark>"
-    assert search.sentinels(["a\ue000", "\ue002"]) == ("\ue001", "\ue003")
+    assert search.sentinels(["a\ue000", "\ue002"], 2) == ["\ue001", "\ue003"]
 
 
 def test_a_query_of_exclusions_only_finds_nothing(api, conversation):
@@ -294,7 +294,7 @@ def test_search_needs_a_login():
 
 def test_the_fts5_query_quotes_every_term():
     assert search.fts5_query("kraken sea") == '("kraken" AND "sea")'
-    assert search.fts5_query('NEAR(a b) "x" or -y') == ('("NEAR(a" AND "b)" AND "x") NOT ("y")')
+    assert search.fts5_query('NEAR(a b) "x" or -y') == ('(("NEAR(a" AND "b)" AND "x")) NOT ("y")')
     assert search.fts5_query('say "hi there" or bye') == '("say" AND "hi there") OR ("bye")'
     assert search.fts5_query('a"b') == '("a""b")'
     assert search.fts5_query("!!! -") == ""

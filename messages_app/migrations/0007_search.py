@@ -57,19 +57,15 @@ SQLITE_TRIGGERS = [
         VALUES ('delete', old.id, old.content);
     END
     """,
+    # One trigger for both steps: SQLite runs triggers of one event in no documented order,
+    # and the old row must leave the index before the new one enters it.
     f"""
-    CREATE TRIGGER IF NOT EXISTS messages_app_message_fts_aud
-    AFTER UPDATE OF content, status ON messages_app_message
-    WHEN old.status IN ({_IN}) BEGIN
+    CREATE TRIGGER IF NOT EXISTS messages_app_message_fts_au
+    AFTER UPDATE OF content, status ON messages_app_message BEGIN
         INSERT INTO messages_app_message_fts(messages_app_message_fts, rowid, content)
-        VALUES ('delete', old.id, old.content);
-    END
-    """,
-    f"""
-    CREATE TRIGGER IF NOT EXISTS messages_app_message_fts_aui
-    AFTER UPDATE OF content, status ON messages_app_message
-    WHEN new.status IN ({_IN}) BEGIN
-        INSERT INTO messages_app_message_fts(rowid, content) VALUES (new.id, new.content);
+        SELECT 'delete', old.id, old.content WHERE old.status IN ({_IN});
+        INSERT INTO messages_app_message_fts(rowid, content)
+        SELECT new.id, new.content WHERE new.status IN ({_IN});
     END
     """,
 ]
@@ -83,8 +79,7 @@ SQLITE_FILL = [
 SQLITE_BACKWARD = [
     "DROP TRIGGER IF EXISTS messages_app_message_fts_ai",
     "DROP TRIGGER IF EXISTS messages_app_message_fts_ad",
-    "DROP TRIGGER IF EXISTS messages_app_message_fts_aud",
-    "DROP TRIGGER IF EXISTS messages_app_message_fts_aui",
+    "DROP TRIGGER IF EXISTS messages_app_message_fts_au",
     "DROP TABLE IF EXISTS messages_app_message_fts",
 ]
 
