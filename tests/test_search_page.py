@@ -66,11 +66,16 @@ def test_the_search_box_lists_highlighted_escaped_hits_and_opens_their_conversat
     two: Any = CharacterFactory(name="Captain Two")
     first = conversation_create(owner=user, character=one)
     second = conversation_create(owner=user, character=two)
-    Message.objects.create(
+    # On the conversation's active branch, which the page shows.
+    reply = Message.objects.create(
         conversation=second,
+        parent=second.active_leaf,
+        depth=1,
         role="assistant",
-        content="<img src=x onerror=alert(1)> The lighthouse keeper waves.",
+        content="Look: <img src=x onerror=alert(1)> The lighthouse keeper waves.",
     )
+    second.active_leaf = reply
+    second.save(update_fields=["active_leaf"])
     Message.objects.create(conversation=first, role="user", content="Nothing to see here.")
     client = Client()
     client.force_login(user)
