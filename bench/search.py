@@ -14,6 +14,7 @@ start again). Issue 10's target: p95 under 50 ms.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import sys
@@ -229,17 +230,18 @@ SYLLABLES = [
 
 
 def vocabulary(rng: random.Random, rare: int = 20_000) -> tuple[list[str], list[float]]:
-    """Words and Zipf weights: common English first, then themes, then invented rare words."""
+    """Words and cumulative Zipf weights: common English first, then themes, then invented
+    rare words."""
     invented: set[str] = set()
     while len(invented) < rare:
         invented.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))))
     words = [*COMMON, *THEMES, *sorted(invented)]
     weights = [1.0 / (rank + 1) ** 1.05 for rank in range(len(words))]
-    return words, weights
+    return words, list(itertools.accumulate(weights))
 
 
-def sentence(rng: random.Random, words: list[str], weights: list[float], n: int) -> str:
-    picked = rng.choices(words, weights=weights, k=n)
+def sentence(rng: random.Random, words: list[str], cum_weights: list[float], n: int) -> str:
+    picked = rng.choices(words, cum_weights=cum_weights, k=n)
     picked[0] = picked[0].capitalize()
     text = " ".join(picked)
     # Some punctuation and markup, as chat text has.
