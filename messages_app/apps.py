@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class MessagesAppConfig(AppConfig):
@@ -13,3 +14,8 @@ class MessagesAppConfig(AppConfig):
         from messages_app.accounts import schema, signals  # noqa: F401
 
         postprocess.enqueuer_register(jobs.enqueue_post_process)
+        from messages_app.search import after_migrate
+
+        # Issue 10: search. SQLite loses the search triggers when a migration rebuilds the
+        # message table; put them back after every migrate.
+        post_migrate.connect(after_migrate, sender=self, dispatch_uid="messages_app.search")

@@ -151,6 +151,8 @@ class Message(models.Model):
         ordering = ["conversation_id", "depth", "id"]
         indexes = [
             models.Index(fields=["conversation", "created_at", "id"], name="message_conv_keyset"),
+            # The analytics fill pass reads whole hours of messages (analytics_app.rollups).
+            models.Index(fields=["created_at"], name="message_created_at"),
         ]
         constraints = [
             models.UniqueConstraint(

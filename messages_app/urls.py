@@ -4,7 +4,7 @@ from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from messages_app import apis
+from messages_app import apis, search_apis
 
 router = DefaultRouter()
 router.register("characters", apis.CharacterViewSet, basename="character")
@@ -40,5 +40,6 @@ urlpatterns = [
         apis.MessageReportApi.as_view(),
         name="message-report",
     ),
+    path("search/messages/", search_apis.MessageSearchApi.as_view(), name="search-messages"),
     path("", include(router.urls)),
 ]

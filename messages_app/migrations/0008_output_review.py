@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("messages_app", "0006_moderators_group"),
+        ("messages_app", "0007_search"),
     ]
 
     operations = [

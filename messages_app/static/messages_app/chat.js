@@ -1013,6 +1013,12 @@
     }
   });
 
+  // A link to #conversation-<id> (a search hit) opens it.
+  window.addEventListener("hashchange", function () {
+    var match = /^#conversation-(\d+)$/.exec(window.location.hash);
+    if (match && !(state.current && state.current.id === parseInt(match[1], 10))) openFromHash();
+  });
+
   window.addEventListener("online", function () {
     // Back online: skip the rest of the backoff wait.
     if (state.current && !state.stopped && !state.ws && state.reconnectTimer) {
