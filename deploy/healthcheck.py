@@ -105,9 +105,8 @@ def analytics_alive(connection: Redis, key: str, hostname: str | None = None) ->
     import time
 
     prefix = f"{hostname or socket.gethostname()}:".encode()
-    return any(
-        member.startswith(prefix) for member in connection.zrangebyscore(key, time.time(), "+inf")
-    )
+    members: list[bytes] = connection.zrangebyscore(key, time.time(), "+inf")  # type: ignore[assignment]
+    return any(member.startswith(prefix) for member in members)
 
 
 def check_analytics() -> bool:
