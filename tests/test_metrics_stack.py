@@ -1,7 +1,8 @@
 """Every metric that deploy/ refers to is exported, by a real stack, and moves with a real chat.
 
 The stack runs as separate processes, as deployed: daphne, `rqworker llm`, `rqworker messages
-default` (the message processor) and `safety_worker`, each worker with its own METRICS_PORT,
+default` (the message processor), `analytics_worker` and `safety_worker`, each worker with its
+own METRICS_PORT,
 all with a METRICS_TOKEN and DEBUG off; the fake LLM answers over HTTP. A user chats over REST
 with a websocket open, has a message blocked by the content check and runs into a rate limit.
 Then daphne's /metrics and every worker's exporter are scraped (prometheus-client's text
@@ -262,9 +263,14 @@ def stack(
         "DAILY_TOKEN_QUOTA": "0",
         "LOG_LEVEL": "WARNING",
     }
-    ports = {"llm": free_port(), "messages": free_port(), "safety": free_port()}
+    ports = {
+        "llm": free_port(),
+        "messages": free_port(),
+        "analytics": free_port(),
+        "safety": free_port(),
+    }
     web_port = free_port()
-    assert len({*ports.values(), web_port}) == 4, "free_port gave one port twice"
+    assert len({*ports.values(), web_port}) == 5, "free_port gave one port twice"
     safety = WorkerProcess(logs / "safety.log", METRICS_PORT=str(ports["safety"]), **common).start()
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -285,13 +291,14 @@ def stack(
         [*manage, "rqworker", "messages", "default"],
         METRICS_PORT=str(ports["messages"]),
     )
+    start("analytics", [*manage, "analytics_worker"], METRICS_PORT=str(ports["analytics"]))
     start(
         "web",
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), APP],
     )
     try:
         _wait_until(lambda: _get(web_port, "/health")[0] in (200, 503), "daphne", procs["web"])
-        for kind in ("llm", "messages"):
+        for kind in ("llm", "messages", "analytics"):
             _wait_until(
                 lambda kind=kind: _get(
                     ports[kind], "/metrics", {"Authorization": f"Bearer {TOKEN}"}
@@ -448,7 +455,7 @@ def test_every_metric_deploy_refers_to_is_exported_by_the_running_stack_and_move
         }
         # Every worker kind of the stack beats its liveness (within 10 s; the test's Redis
         # flush at its start took the earlier beats).
-        for kind in ("llm", "messages", "safety"):
+        for kind in ("llm", "messages", "analytics", "safety"):
             if not _sample(scrapes["web"], "workers_alive", kind=kind):
                 missing[f"workers_alive{{kind={kind}}}"] = "0: no beat"
         if not missing or time.monotonic() > deadline:
