@@ -7,11 +7,9 @@ temporary directory, or `--database-url`, whose tables it migrates) and a Redis 
 Django stack in process (middleware, bearer check, the Redis reads of the queue sizes and live
 workers, the text rendering), and prints p50 / p95 / max in ms.
 
-The rows: every concrete model of analytics_app whose name says it holds rollups (Rollup,
-Usage, Count) gets its share of `--rows`, with generated field values (distinct times so
-that unique keys hold). None on the branch: the row count printed says 0. The scrape reads no
-table (metrics are counted in memory; queue sizes and liveness come from Redis), which is the
-point: the rows are there to show that a scrape does not grow with them.
+The rows: `--rows` analytics_app.UsageRow rows (hourly and daily usage rollups). The scrape
+reads no table (metrics are counted in memory; queue sizes and liveness come from Redis), which
+is the point: the rows are there to show that a scrape does not grow with them.
 """
 
 from __future__ import annotations
@@ -24,11 +22,9 @@ import statistics
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from typing import Any
 
 TOKEN = secrets.token_urlsafe(24)
-ROLLUP_WORDS = ("Rollup", "Usage", "Count")
 
 
 def _environment(args: argparse.Namespace, workdir: str) -> Any:
@@ -57,86 +53,49 @@ def _environment(args: argparse.Namespace, workdir: str) -> Any:
     return redis_proc
 
 
-def _value_for(field: Any, i: int, base: dt.datetime, related: dict[Any, Any]) -> Any:
-    from django.db import models
-
-    if isinstance(field, models.ForeignKey):
-        return related[field.related_model]
-    if isinstance(field, models.DateTimeField):
-        return base + dt.timedelta(hours=i)
-    if isinstance(field, models.DateField):
-        return (base + dt.timedelta(days=i)).date()
-    if isinstance(field, models.BooleanField):
-        return False
-    if isinstance(field, models.DecimalField):
-        return Decimal(i % 100)
-    if isinstance(field, models.FloatField):
-        return float(i % 1000) / 10
-    if isinstance(field, models.IntegerField):
-        return i % 1000
-    if isinstance(field, models.JSONField):
-        return {"llm_timeout": i % 3} if "fail" in field.name else {}
-    if isinstance(field, models.CharField | models.TextField):
-        if field.choices:
-            return field.choices[i % len(field.choices)][0]
-        return f"model-{i % 5}"[: field.max_length or 100]
-    return None
-
-
-def _related_row(model: Any) -> Any:
-    """One row of a model a rollup row points to (a user, a character)."""
+def fill_rollups(total: int) -> dict[str, int]:
+    """`total` analytics rows (analytics_app.UsageRow: hourly and daily, over 5 users, 4
+    characters and 3 models, with counts, failures and timing histograms); model -> rows."""
     from django.contrib.auth import get_user_model
 
+    from analytics_app import histograms
+    from analytics_app.models import UsageRow
     from messages_app.models import Character
 
-    if model is get_user_model():
-        return model.objects.get_or_create(username="bench-metrics")[0]
-    if model is Character:
-        return Character.objects.get_or_create(name="Bench metrics")[0]
-    raise LookupError(f"no row for {model.__name__}")
-
-
-def fill_rollups(total: int) -> dict[str, int]:
-    """`total` rows spread over the rollup models of analytics_app; model name -> rows."""
-    from django.apps import apps
-    from django.db import models
-
-    try:
-        config = apps.get_app_config("analytics_app")
-    except LookupError:
-        return {}
-    rollups: list[Any] = [
-        m
-        for m in config.get_models()
-        if not m._meta.abstract and any(word in m.__name__ for word in ROLLUP_WORDS)
+    users = [
+        get_user_model().objects.get_or_create(username=f"bench-metrics-{n}")[0] for n in range(5)
     ]
-    if not rollups:
-        return {}
-    base = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-    filled: dict[str, int] = {}
-    for n, model in enumerate(rollups):
-        share = total // len(rollups) + (1 if n < total % len(rollups) else 0)
-        fields = [
-            f
-            for f in model._meta.concrete_fields
-            if not f.primary_key and not getattr(f, "auto_now", False)
-        ]
-        related = {
-            f.related_model: _related_row(f.related_model)
-            for f in fields
-            if isinstance(f, models.ForeignKey)
-        }
-        rows = []
-        for i in range(share):
-            values = {}
-            for f in fields:
-                value = _value_for(f, i, base, related)
-                if value is not None or f.null:
-                    values[f.name] = value
-            rows.append(model(**values))
-        model.objects.bulk_create(rows, batch_size=1000)
-        filled[model.__name__] = model.objects.count()
-    return filled
+    characters = [Character.objects.get_or_create(name=f"Bench {n}")[0] for n in range(4)]
+    models = ["model-a", "model-b", "model-c"]
+    keys = [(u, c, m) for u in users for c in characters for m in models]  # 60 per bucket
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = []
+    for i in range(total):
+        user, character, model = keys[i % len(keys)]
+        bucket = i // len(keys)
+        daily = i % 4 == 0
+        interval = UsageRow.Interval.DAY if daily else UsageRow.Interval.HOUR
+        start = base + (dt.timedelta(days=bucket) if daily else dt.timedelta(hours=bucket))
+        rows.append(
+            UsageRow(
+                interval=interval,
+                start=start,
+                user=user,
+                character=character,
+                model=model,
+                user_messages=10 + i % 7,
+                replies=10 + i % 7,
+                completed=9 + i % 7,
+                failed=1,
+                prompt_tokens=1000 + i,
+                completion_tokens=2000 + i,
+                failures={"llm_timeout": 1},
+                ttft_hist=histograms.of_samples([300 + i % 50, 420, 800]),
+                total_hist=histograms.of_samples([2000 + i % 500, 3100]),
+            )
+        )
+    UsageRow.objects.bulk_create(rows, batch_size=1000, ignore_conflicts=True)
+    return {"UsageRow": UsageRow.objects.count()}
 
 
 def populate_series(target: int) -> None:
