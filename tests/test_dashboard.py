@@ -10,12 +10,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
 import time
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -34,14 +32,17 @@ from llm_app.models import Generation
 from messages_app.models import Feedback, Message
 from messages_app.services import conversation_create
 from messageservice.embedded import free_port
+from tests import test_chat_page_guards as page_guards
 from tests.factories import CharacterFactory, UserFactory
 from tests.helpers import ROOT, worker_env
+from tests.test_chat_page_guards import _wait_http
 
-CHROMIUM = "/usr/bin/chromium"
 APP = "messageservice.asgi:application"
 VENDOR = ROOT / "analytics_app" / "static" / "analytics" / "vendor" / "uplot"
 USAGE_PATH = "/api/v1/analytics/usage/"
 CHARTS = ["messages", "tokens", "ttft", "moderation", "failures"]
+
+browser = page_guards.browser  # the headless chromium fixture, module-scoped
 
 
 # --- the page without a browser ----------------------------------------------------------------
@@ -89,20 +90,6 @@ def test_the_dashboard_is_for_staff_only():
 # --- the browser -------------------------------------------------------------------------------
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status in (200, 503):
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, "daphne exited"
-        assert time.monotonic() < deadline, f"{url} did not answer"
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def web(django_db_setup: Any, fake_llm_server: FakeLLMServer) -> Iterator[str]:
     """daphne on this run's database and Redis, static files collected; its root URL."""
@@ -132,32 +119,6 @@ def web(django_db_setup: Any, fake_llm_server: FakeLLMServer) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if shutil.which("chromium") is None:
-        pytest.fail("chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop running in this thread, which Django takes
-    # for an async context; the tests' ORM calls are plain sync code (pytest-django's advice).
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                ],
-            )
-            yield chromium
-            chromium.close()
-    finally:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 class Visit:
