@@ -883,9 +883,38 @@ def test_prometheus_config() -> None:
     assert keeps[("__meta_kubernetes_service_name",)] == "message-workers"
     assert keeps[("__meta_kubernetes_endpoint_port_name",)] == "metrics"
     component = re.compile(keeps[("__meta_kubernetes_pod_label_component",)])
+    labels = set()
     for dep in k8s_objects("Deployment").values():
         label = dep["spec"]["template"]["metadata"]["labels"]["component"]
+        labels.add(label)
         assert bool(component.fullmatch(label)) == (label != "api"), label
+    # The seed's job kept `.*-worker` only and so dropped the message processor's pods.
+    assert "message-processor" in labels
+
+
+def test_the_worker_scrape_job_keeps_every_worker_pod_of_the_headless_service() -> None:
+    """Prometheus anchors relabel regexes (a full match): every component label a pod of the
+    `message-workers` Service carries (deploy/k8s) is kept, message-processor included."""
+    config = load_one(MONITORING / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "message-workers"]
+    (keep,) = [
+        r
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+        and r["source_labels"] == ["__meta_kubernetes_pod_label_component"]
+    ]
+    regex = re.compile(keep["regex"])
+    selector = k8s_objects("Service")["message-workers"]["spec"]["selector"]
+    worker_labels = {
+        dep["spec"]["template"]["metadata"]["labels"]["component"]
+        for dep in k8s_objects("Deployment").values()
+        if selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    }
+    assert {"message-processor", "llm-worker", "analytics-worker", "safety-worker"} <= (
+        worker_labels
+    )
+    dropped = sorted(label for label in worker_labels if not regex.fullmatch(label))
+    assert not dropped, f"the message-workers job drops {dropped}"
 
 
 def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
@@ -934,7 +963,8 @@ def test_grafana_dashboard_has_the_seed_panels_with_targets() -> None:
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
-        assert panel["type"] in ("timeseries", "stat", "graph", "gauge", "table"), panel["title"]
+        # `graph` is gone in Grafana 12 (the seed used it); these are the current panel types.
+        assert panel["type"] in ("timeseries", "stat", "gauge", "bargauge", "table"), panel["title"]
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"]), panel["title"]
         assert panel["targets"], panel["title"]
         ref_ids = [t["refId"] for t in panel["targets"]]
@@ -955,6 +985,96 @@ def test_grafana_queries_are_valid_promql(tmp_path: Path) -> None:
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
     result = run([promtool, "check", "rules", str(rule_file)])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Series a query may name that the code does not export: Prometheus's own per-target `up`, and
+# kube-state-metrics' kube_* (documented in prometheus.yml / deploy/README.md).
+EXTERNAL_METRICS = frozenset({"up"})
+EXTERNAL_METRIC_PREFIXES = ("kube_",)
+PROMQL_KEYWORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or"}
+    | {"unless", "offset", "inf", "nan"}
+)
+
+
+def exported_metric_names(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Every series name the code exports: the families of messageservice.metrics.REGISTRY
+    with their sample suffixes, and the families the web's RedisStateCollector yields at scrape
+    time (collected here against a stand-in Redis)."""
+    from prometheus_client.core import Metric
+
+    from messageservice import liveness, metrics, redis_clients
+
+    class Pipe:
+        def __enter__(self) -> Pipe:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def llen(self, key: str) -> None:
+            pass
+
+        def execute(self) -> list[int]:
+            return [0] * len(metrics.RedisStateCollector.QUEUES)
+
+    class FakeRedis:
+        def pipeline(self, transaction: bool = True) -> Pipe:
+            return Pipe()
+
+    monkeypatch.setattr(redis_clients, "sync_redis", lambda *a, **k: FakeRedis())
+    monkeypatch.setattr(liveness, "alive_counts", lambda *a, **k: {"llm": 1})
+    families: list[Metric] = [*metrics.REGISTRY.collect()]
+    families += list(metrics.RedisStateCollector().collect())
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    names = set()
+    for family in families:
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (label matchers, grouping clauses, ranges,
+    strings and function/aggregation calls taken out first)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\b[a-zA-Z_]\w*\s*\(", "(", text)
+    tokens = set(re.findall(r"(?<![\w.])[a-zA-Z_:][\w:]*", text))
+    return {t for t in tokens if t.lower() not in PROMQL_KEYWORDS}
+
+
+def test_promql_metric_name_extraction() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le) (rate(llm_response_time_bucket{service="a b"}[5m])))'
+        " / on (pod) group_left max without (kind) (workers_alive) > bool 1"
+    )
+    assert promql_metric_names(expr) == {"llm_response_time_bucket", "workers_alive"}
+
+
+def test_dashboard_and_rules_name_only_metrics_the_code_exports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exported = exported_metric_names(monkeypatch)
+    for name in (*SEED_METRICS, "workers_alive"):
+        assert {name, f"{name}_bucket"} & exported, name
+    records = {r["record"] for r in rules() if "record" in r}
+    queries = [*dashboard_exprs(), *(r["expr"] for r in rules())]
+    assert queries
+    for expr in queries:
+        unknown = {
+            name
+            for name in promql_metric_names(expr) - exported - EXTERNAL_METRICS - records
+            if not name.startswith(EXTERNAL_METRIC_PREFIXES)
+        }
+        assert not unknown, f"{expr!r} names metrics nothing exports: {sorted(unknown)}"
 
 
 # ---------------------------------------------------------------------- deploy/healthcheck.py
