@@ -360,9 +360,14 @@ def test_k8s_has_the_expected_objects() -> None:
         ("Service", "message-service"),
         ("Job", "message-service-migrate"),
         ("HorizontalPodAutoscaler", "message-service-hpa"),
-        ("HorizontalPodAutoscaler", "llm-workers-hpa"),
+        ("ScaledObject", "llm-workers"),
         *(("Deployment", name) for name in K8S_WORKERS),
         ("Deployment", "safety-workers"),
+        *(("PodDisruptionBudget", name) for name in ("message-service", *K8S_WORKERS)),
+        ("PodDisruptionBudget", "safety-workers"),
+        ("NetworkPolicy", "default-deny-ingress"),
+        ("NetworkPolicy", "message-service-web"),
+        ("NetworkPolicy", "message-workers-metrics"),
     }
     assert expected <= kinds, f"missing: {sorted(expected - kinds)}"
 
@@ -531,25 +536,111 @@ def test_configmap_and_secret_hold_only_known_settings() -> None:
         assert "<" in value and ">" in value, f"{key} must be a <placeholder>"
 
 
-def test_hpas_target_existing_deployments_as_in_the_seed() -> None:
+def test_autoscalers_target_existing_deployments_on_queue_length() -> None:
+    """The web's HPA as in the seed (CPU, memory, message_queue_size); the llm workers scale with
+    KEDA on the length of `rq:queue:llm`. No Deployment has two autoscalers."""
     deployments = k8s_objects("Deployment")
     hpas = k8s_objects("HorizontalPodAutoscaler")
+    scaled = k8s_objects("ScaledObject")
+    targets = [hpa["spec"]["scaleTargetRef"] for hpa in hpas.values()]
+    targets += [obj["spec"]["scaleTargetRef"] for obj in scaled.values()]
+    for ref in targets:
+        assert ref["kind"] == "Deployment" and ref["name"] in deployments, ref
+    names = [ref["name"] for ref in targets]
+    assert len(names) == len(set(names)), f"two autoscalers on one Deployment: {names}"
     for hpa in hpas.values():
-        ref = hpa["spec"]["scaleTargetRef"]
-        assert ref["kind"] == "Deployment" and ref["name"] in deployments
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
-    def metric_names(hpa: dict[str, Any]) -> set[str]:
-        names = set()
-        for m in hpa["spec"]["metrics"]:
-            body = m[m["type"][0].lower() + m["type"][1:]]
-            names.add(body["metric"]["name"] if "metric" in body else body["name"])
-        return names
+    web = hpas["message-service-hpa"]
+    assert web["spec"]["scaleTargetRef"]["name"] == "message-service"
+    metrics = {
+        m[m["type"][0].lower() + m["type"][1:]].get("name")
+        or m[m["type"][0].lower() + m["type"][1:]]["metric"]["name"]: m
+        for m in web["spec"]["metrics"]
+    }
+    assert set(metrics) == {"cpu", "memory", "message_queue_size"}
+    # A global backlog that every pod reports alike: External (divided by the replicas), not
+    # Pods (averaged over pods that all say the same).
+    queue = metrics["message_queue_size"]
+    assert queue["type"] == "External", queue
+    assert queue["external"]["target"]["type"] == "AverageValue", queue
+    for hpa in hpas.values():
+        assert all(m["type"] in ("Resource", "External") for m in hpa["spec"]["metrics"])
 
-    assert metric_names(hpas["message-service-hpa"]) == {"cpu", "memory", "message_queue_size"}
-    assert metric_names(hpas["llm-workers-hpa"]) == {"cpu", "llm_queue_size"}
-    assert hpas["message-service-hpa"]["spec"]["scaleTargetRef"]["name"] == "message-service"
-    assert hpas["llm-workers-hpa"]["spec"]["scaleTargetRef"]["name"] == "llm-workers"
+    llm = scaled["llm-workers"]
+    assert llm["spec"]["scaleTargetRef"]["name"] == "llm-workers"
+    assert llm["spec"]["minReplicaCount"] <= llm["spec"]["maxReplicaCount"]
+    (redis_trigger,) = [t for t in llm["spec"]["triggers"] if t["type"] == "redis"]
+    assert redis_trigger["metadata"]["listName"] == "rq:queue:llm"
+    assert int(redis_trigger["metadata"]["listLength"]) > 0
+    # The queue RQ fills is the one the llm workers take: rqworker llm.
+    (container,) = deployments["llm-workers"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-1] == redis_trigger["metadata"]["listName"].split(":")[-1]
+
+
+def test_every_deployment_has_a_pod_disruption_budget() -> None:
+    pdbs = k8s_objects("PodDisruptionBudget")
+    for name, dep in k8s_objects("Deployment").items():
+        selector = dep["spec"]["selector"]["matchLabels"]
+        mine = [p for p in pdbs.values() if p["spec"]["selector"]["matchLabels"] == selector]
+        assert len(mine) == 1, f"{name}: {len(mine)} PodDisruptionBudgets"
+        (pdb,) = mine
+        # maxUnavailable: a drain proceeds one pod at a time, and is never blocked outright.
+        assert pdb["spec"]["maxUnavailable"] == 1, name
+        assert "minAvailable" not in pdb["spec"], name
+
+
+def test_network_policies() -> None:
+    """Default deny for ingress; the web takes 8004 from anywhere in the cluster; the workers take
+    only their metrics port 9090, only from Prometheus in the monitoring namespace."""
+    policies = k8s_objects("NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny
+
+    def selected(policy: dict[str, Any]) -> set[str]:
+        wanted = policy["spec"]["podSelector"]["matchLabels"].items()
+        return {
+            name
+            for name, dep in k8s_objects("Deployment").items()
+            if wanted <= dep["spec"]["template"]["metadata"]["labels"].items()
+        }
+
+    web = policies["message-service-web"]
+    assert selected(web) == {"message-service"}
+    (rule,) = web["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": WEB_PORT}]
+
+    workers = policies["message-workers-metrics"]
+    assert selected(workers) == {*K8S_WORKERS, "safety-workers"}
+    (rule,) = workers["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+    }
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    assert rule["ports"] == [{"protocol": "TCP", "port": METRICS_PORT}]
+    for policy in policies.values():
+        assert policy["spec"]["policyTypes"] == ["Ingress"], "egress (DB, Redis, LLM) stays open"
+
+
+def test_worker_grace_period_outlasts_a_reply() -> None:
+    """On SIGTERM a worker finishes the replies it runs (rq's warm shutdown; LLMWorker.teardown
+    waits for its generation threads): the pod must be given longer than a reply may take
+    (MESSAGE_PROCESSING_TIMEOUT bounds a generation) before the SIGKILL. The message processor
+    and the analytics worker wait at most for one LLM/HTTP call (REQUEST_TIMEOUT_SECONDS). (The
+    safety worker classifies in-process, a batch in milliseconds: its own 20 s is not bound to
+    either setting.)"""
+    data = configmap_data()
+    deployments = k8s_objects("Deployment")
+    for name in K8S_WORKERS:
+        spec = deployments[name]["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in spec["containers"][0].get("env", [])}
+        reply = float(env.get("MESSAGE_PROCESSING_TIMEOUT") or data["MESSAGE_PROCESSING_TIMEOUT"])
+        request = float(env.get("REQUEST_TIMEOUT_SECONDS") or data["REQUEST_TIMEOUT_SECONDS"])
+        bound = reply if name == "llm-workers" else request
+        assert spec["terminationGracePeriodSeconds"] > bound, f"{name}: {bound}"
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
@@ -576,13 +667,85 @@ def test_kustomize_renders_the_manifests() -> None:
     assert rendered == listed
 
 
+# Custom resources kubernetes-validate has no schema for (it knows the built-in kinds only):
+# each is validated against the small schema here instead, written from the CRD's documented
+# fields (KEDA 2.x ScaledObject), strict like --strict: an unknown or misspelt field fails.
+_STR = {"type": "string"}
+_STR_MAP = {"type": "object", "additionalProperties": _STR}
+SCALED_OBJECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "additionalProperties": False,
+            "properties": {"name": _STR, "namespace": _STR, "labels": _STR_MAP},
+        },
+        "spec": {
+            "type": "object",
+            "required": ["scaleTargetRef", "triggers"],
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {"apiVersion": _STR, "kind": _STR, "name": _STR},
+                },
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "pollingInterval": {"type": "integer", "minimum": 1},
+                "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"enum": ["redis", "cpu", "memory", "prometheus"]},
+                            "name": _STR,
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            "metadata": _STR_MAP,
+                            "authenticationRef": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": _STR, "kind": _STR},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CUSTOM_RESOURCE_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT_SCHEMA}
+
+
 def test_k8s_manifests_validate_against_the_kubernetes_schemas(tmp_path: Path) -> None:
     """What `kubectl apply -k` would send, checked strictly (unknown fields are errors) against
-    the schemas of a pinned Kubernetes version. The secret template is checked too."""
+    the schemas of a pinned Kubernetes version. The secret template is checked too. Custom
+    resources (CUSTOM_RESOURCE_SCHEMAS only) are checked by check-jsonschema instead."""
     tool = require_tool(
         "kubernetes-validate", "pip install kubernetes-validate; schemas ship in the wheel"
     )
+    checker = require_tool("check-jsonschema", "pip install check-jsonschema")
     docs = [*kustomize_output(), *load_all(K8S / SECRET_TEMPLATE)]
+    custom = [d for d in docs if (d["apiVersion"], d["kind"]) in CUSTOM_RESOURCE_SCHEMAS]
+    assert custom, "the KEDA ScaledObject is rendered"
+    for i, doc in enumerate(custom):
+        schema = tmp_path / f"schema-{i}.json"
+        schema.write_text(json.dumps(CUSTOM_RESOURCE_SCHEMAS[(doc["apiVersion"], doc["kind"])]))
+        instance = tmp_path / f"custom-{i}.json"
+        instance.write_text(json.dumps(doc))
+        result = run([checker, "--schemafile", str(schema), str(instance)])
+        assert result.returncode == 0, result.stdout + result.stderr
+    docs = [d for d in docs if d not in custom]
     files = []
     for i, doc in enumerate(docs):
         path = tmp_path / f"{i:02d}-{doc['kind']}-{doc['metadata']['name']}.yaml"
