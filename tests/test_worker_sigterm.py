@@ -4,7 +4,9 @@ Kubernetes stops a pod with SIGTERM and SIGKILLs it terminationGracePeriodSecond
 (deploy/k8s/workers-deployment.yaml gives the llm workers longer than MESSAGE_PROCESSING_TIMEOUT,
 tests/test_deploy_files.py checks it). On SIGTERM rq's worker takes no new job (warm shutdown)
 and LLMWorker.teardown waits for the generation threads in hand: the replies streaming at that
-moment end `completed` with their whole text, and the process then exits 0 by itself.
+moment end `completed` with their whole text, and the process then exits 0 by itself. A reply
+still waiting in the queue is not started by the stopping worker: it stays queued, in
+`rq:queue:llm`, for the next worker.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ async def test_sigterm_lets_the_running_replies_finish_then_the_worker_exits(
     from messages_app.services import conversation_create
 
     conversations = [
-        await sync_to_async(conversation_create)(owner=user, character=character) for _ in range(2)
+        await sync_to_async(conversation_create)(owner=user, character=character) for _ in range(3)
     ]
     for _ in conversations:
         fake_llm.push(Script.numbered(TOKENS, token_interval=TOKEN_INTERVAL))
@@ -65,6 +67,8 @@ async def test_sigterm_lets_the_running_replies_finish_then_the_worker_exits(
         created = await send_message(comm, "Talk")
         comms.append(comm)
         generation_ids.append(created[1]["message"]["generation_id"])
+    # Two run at once (MAX_CONCURRENT_REQUESTS=2); the third waits in the queue.
+    waiting_comm, waiting_id = comms.pop(), generation_ids.pop()
     worker: subprocess.Popen[bytes] = start_worker_process(
         fake_llm, "llm", MAX_CONCURRENT_REQUESTS="2", GENERATION_LEASE_SECONDS="30"
     )
@@ -86,9 +90,12 @@ async def test_sigterm_lets_the_running_replies_finish_then_the_worker_exits(
         if worker.poll() is None:
             worker.kill()
             worker.wait(timeout=10)
-    for comm in comms:
+    for comm in [*comms, waiting_comm]:
         await comm.disconnect()
     assert returncode == 0
+    waiting = await Message.objects.aget(generation__pk=waiting_id)
+    assert waiting.status == "queued", waiting.status
+    assert int(sync_redis().llen("rq:queue:llm")) == 1  # type: ignore[arg-type]
     # Well inside the llm pods' grace period (330 s), and about the replies' own length.
     assert stopped_after < 30
     for frames in endings:
