@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 import redis
+from django.core.cache.backends.redis import RedisCache
+from django_rq.queues import get_redis_connection
 from websockets.sync.client import connect
 
 from fake_llm import FakeLLMServer, Script
@@ -37,6 +39,7 @@ from messages_app.models import Message
 from messages_app.services import conversation_create
 from messageservice.embedded import free_port
 from messageservice.redis_clients import (
+    CACHE_POOL_CLASS,
     channel_layer_host,
     client_from_url,
     parse_sentinel_url,
@@ -241,6 +244,16 @@ def test_a_failover_in_the_middle_of_a_chat(
     # The service's own helper reaches the primary through the Sentinel.
     info: Any = client_from_url(sentinel_set.url).info("server")
     assert info["tcp_port"] == sentinel_set.primary
+    # So do Django's cache (its pool class) and django-rq's connection (SENTINELS, MASTER_NAME).
+    cache = RedisCache(sentinel_set.url, {"OPTIONS": {"pool_class": CACHE_POOL_CLASS}})
+    rq_connection: Any = get_redis_connection(rq_queue_config(sentinel_set.url))
+
+    def cache_and_queue_work(port: int) -> None:
+        cache.set("sentinel-test", port)
+        assert cache.get("sentinel-test") == port
+        assert rq_connection.info("server")["tcp_port"] == port
+
+    cache_and_queue_work(sentinel_set.primary)
 
     env = worker_env(
         SimpleNamespace(base_url=fake_llm_server.base_url),
@@ -347,6 +360,7 @@ def test_a_failover_in_the_middle_of_a_chat(
         if candidate.status == Message.Status.COMPLETED:
             next_reply = candidate
     recovered = time.monotonic() - killed
+    cache_and_queue_work(sentinel_set.replica)
     # The later ones also stream to the websocket opened before the kill: daphne's channel
     # layer found the new primary through the Sentinel and subscribed again.
     with ws:
