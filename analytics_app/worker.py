@@ -28,6 +28,7 @@ from analytics_app import rollups
 from analytics_app.events import events_key
 from messages_app.models import Message
 from messageservice import liveness, metrics
+from messageservice.redis_clients import client_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class AnalyticsWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.key = events_key()
         self.processing = processing_key(self.worker_id)
-        self.redis = redis.Redis.from_url(
+        self.redis = client_from_url(
             settings.REDIS_URL,
             socket_timeout=POP_BLOCK_SECONDS + 5,
             socket_connect_timeout=2,

@@ -82,14 +82,14 @@ def check_safety() -> bool:
     import django
 
     django.setup()
-    import redis
     from django.conf import settings
 
     from messages_app.safety.worker import heartbeat_key
+    from messageservice.redis_clients import client_from_url
 
     pattern = heartbeat_key(socket.gethostname(), 0).rsplit(":", 1)[0] + ":*"
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        client = client_from_url(settings.REDIS_URL, socket_timeout=5)
         alive = any(True for _ in client.scan_iter(match=pattern, count=1000))
     except Exception as exc:  # any failure means "unhealthy"
         print(f"safety health check failed: {exc}", file=sys.stderr)
@@ -117,12 +117,13 @@ def check_analytics() -> bool:
     import django
 
     django.setup()
-    import redis
     from django.conf import settings
+
+    from messageservice.redis_clients import client_from_url
 
     key = f"{settings.SERVICE_NAME}:workers:analytics"
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        client = client_from_url(settings.REDIS_URL, socket_timeout=5)
         alive = analytics_alive(client, key)
     except Exception as exc:  # any failure means "unhealthy"
         print(f"analytics health check failed: {exc}", file=sys.stderr)

@@ -23,7 +23,9 @@ import redis
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    from messageservice.redis_clients import client_from_url
+
+    client = client_from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return bool(client.ping())
     except redis.RedisError:

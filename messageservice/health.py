@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
+
+from messageservice.redis_clients import client_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def _check_database() -> str:
 
 
 def _check_redis() -> str:
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    client = client_from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.ping()
     finally:

@@ -13,6 +13,8 @@ import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from messageservice import redis_clients
+
 # Lets generic classes such as ModelAdmin[Character] be subscripted at run time.
 django_stubs_ext.monkeypatch()
 
@@ -94,6 +96,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # `manage.py embedded_redis` starts on 127.0.0.1:8006, a port of its own: never a Redis that
 # happens to answer on 6379. Set, that Redis is used (if it is local and does not answer,
 # embedded_redis starts one on its port).
+# REDIS_URL may name a Sentinel set instead of one Redis:
+# redis+sentinel://[[user]:password@]host1:26379[,host2:26379]/service_name[/db] (docs/scaling.md);
+# every client below (cache, channel layer, queues, messageservice.redis_clients) follows its
+# primary. Redis Cluster is not supported (docs/scaling.md says why).
 EMBEDDED_REDIS_URL = "redis://127.0.0.1:8006/0"
 REDIS_URL: str = env.str("REDIS_URL", default=EMBEDDED_REDIS_URL)
 CACHE_TTL_SECONDS: int = env.int("CACHE_TTL_SECONDS", default=300)
@@ -104,6 +110,8 @@ CACHES = {
         "LOCATION": REDIS_URL,
         "TIMEOUT": CACHE_TTL_SECONDS,
         "KEY_PREFIX": SERVICE_NAME,
+        # Builds a Sentinel pool when REDIS_URL names a Sentinel set.
+        "OPTIONS": {"pool_class": redis_clients.CACHE_POOL_CLASS},
     }
 }
 
@@ -112,7 +120,10 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "messageservice.channel_layer.PromptPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SERVICE_NAME}:ch"},
+        "CONFIG": {
+            "hosts": [redis_clients.channel_layer_host(REDIS_URL)],
+            "prefix": f"{SERVICE_NAME}:ch",
+        },
     }
 }
 
@@ -436,7 +447,10 @@ SPECTACULAR_SETTINGS = {
 
 # --- Queues --------------------------------------------------------------------------------
 RQ_QUEUES = {
-    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": int(MESSAGE_PROCESSING_TIMEOUT) + 60}
+    # URL, or SENTINELS and MASTER_NAME when REDIS_URL names a Sentinel set.
+    name: redis_clients.rq_queue_config(
+        REDIS_URL, DEFAULT_TIMEOUT=int(MESSAGE_PROCESSING_TIMEOUT) + 60
+    )
     for name in ("llm", "messages", "analytics", "default")
 }
 

@@ -23,6 +23,7 @@ from messages_app.safety.backends import Backend, BackendError, load
 from messages_app.safety.categories import check_settings, judge
 from messages_app.safety.client import GATE_TTL_SECONDS, alive_key, requests_key
 from messageservice import liveness
+from messageservice.redis_clients import client_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class SafetyWorker:
         self.batch_size = batch_size
         self.key = requests_key()
         # A client of its own: timeouts, so that a Redis gone silent is noticed.
-        self.redis = redis.Redis.from_url(
+        self.redis = client_from_url(
             settings.REDIS_URL,
             socket_timeout=POP_BLOCK_SECONDS + 5,
             socket_connect_timeout=2,
