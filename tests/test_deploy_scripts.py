@@ -36,9 +36,9 @@ SCRIPT_FILES = sorted(SCRIPTS.glob("*.sh"))
 ORIGINAL = [
     "check-dependencies.sh",
     "smoke-tests.sh",
-    # "diagnose-production.sh",
-    # "deploy-staging.sh",
-    # "deploy-k8s.sh",
+    "diagnose-production.sh",
+    "deploy-staging.sh",
+    "deploy-k8s.sh",
 ]
 APP = "messageservice.asgi:application"
 TOKEN = "smoke-metrics-token-0123456789abcdef"
@@ -76,7 +76,12 @@ def test_usage_and_strict_mode(name: str) -> None:
 
 def _clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without the service's settings (the scripts read them)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMOKE_", "METRICS_"))}
+    secrets = {*settings.SECRET_ENV_NAMES, *(f"{name}_FILE" for name in settings.SECRET_ENV_NAMES)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SMOKE_", "METRICS_")) and k not in secrets
+    }
     env.update(extra)
     return env
 
@@ -280,3 +285,216 @@ def test_smoke_tests_fail_on_a_wrong_password(stack: int) -> None:
     result = _smoke(stack, username, SMOKE_PASSWORD="not-the-password")
     assert result.returncode == 1
     assert "FAIL login as smoke-wrong: HTTP 401" in result.stderr, result.stderr
+
+
+# ------------------------------------------- deploy-k8s.sh, diagnose, deploy-staging.sh
+# No cluster and no Swarm here: kubectl and docker are stand-ins on PATH that log their
+# arguments and answer as a cluster would. What they cannot fake is checked with the real
+# tools: the overlay deploy-k8s.sh writes is rendered by the real `kubectl kustomize`, and the
+# stack file deploy-staging.sh deploys by the real `docker stack config` (both offline).
+
+FAKE_KUBECTL = r"""#!/usr/bin/env bash
+set -euo pipefail
+echo "$*" >> "$FAKE_LOG/calls"
+args=" $* "
+case "$args" in
+    *" config current-context "*) echo "${FAKE_CONTEXT:-prod-production}" ;;
+    *" apply -k "*) "$REAL_KUBECTL" kustomize "${@: -1}" > "$FAKE_LOG/rendered.yaml" ;;
+    *" get secret "*) exit "${FAKE_SECRET_RC:-0}" ;;
+    *" get deployment -l app=message-service -o name "*)
+        printf 'deployment.apps/message-service\ndeployment.apps/llm-workers\n' ;;
+    *" top pods "*)
+        [[ -z "${FAKE_NO_TOP:-}" ]] || { echo "error: no Metrics API" >&2; exit 1; }
+        echo "message-service-abc 10m 100Mi" ;;
+    *" exec "*"rqstats"*) echo "llm  queued 3  started 1  failed 0" ;;
+    *" exec "*) echo '200 {"status": "ok", "checks": {"database": "ok"}}' ;;
+    *" logs "*) echo 'ERROR something broke in the worker' ;;
+    *) echo "fake-kubectl: $*" ;;
+esac
+"""
+
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+set -euo pipefail
+echo "$*" >> "$FAKE_LOG/calls"
+case "$1 $2" in
+    "secret inspect") [[ " ${FAKE_EXISTING:-} " == *" $3 "* ]] ;;
+    "secret create") cat > "$FAKE_LOG/secret-$3" ;;
+    "stack deploy") "$REAL_DOCKER" stack config -c "${@: -2:1}" > "$FAKE_LOG/stack.yml" ;;
+    "service ps") echo "Complete 2 seconds ago " ;;
+    *) ;;
+esac
+"""
+
+
+def _fake_bin(tmp_path: Path, name: str, text: str) -> Path:
+    directory = tmp_path / "bin"
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return directory
+
+
+def _run(script: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    log = tmp_path / "log"
+    log.mkdir(exist_ok=True)
+    path = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    return subprocess.run(
+        [str(SCRIPTS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_clean_env(PATH=path, FAKE_LOG=str(log), **env),
+    )
+
+
+def test_deploy_k8s_applies_one_release_everywhere(tmp_path: Path) -> None:
+    kubectl = require_tool("kubectl", "https://kubernetes.io/docs/tasks/tools/")
+    _fake_bin(tmp_path, "kubectl", FAKE_KUBECTL)
+    result = _run("deploy-k8s.sh", tmp_path, "2.3.4", REAL_KUBECTL=kubectl, IMAGE="reg.test/ms")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = (tmp_path / "log" / "calls").read_text().splitlines()
+    order = [
+        "config current-context",
+        "-n message-service get secret message-service-secrets",
+        "-n message-service delete job message-service-migrate --ignore-not-found",
+        "apply -k",
+        "-n message-service wait --for=condition=complete job/message-service-migrate",
+        "rollout status deployment.apps/message-service",
+        "rollout status deployment.apps/llm-workers",
+        "wait --for=condition=ready pod -l app=message-service,component=api",
+    ]
+    positions = [next(i for i, c in enumerate(calls) if step in c) for step in order]
+    assert positions == sorted(positions), calls
+    images = {
+        line.split("image:", 1)[1].strip()
+        for line in (tmp_path / "log" / "rendered.yaml").read_text().splitlines()
+        if "image:" in line
+    }
+    assert images == {"reg.test/ms:2.3.4"}, images
+
+
+def test_deploy_k8s_refuses_another_context_and_a_missing_secret(tmp_path: Path) -> None:
+    _fake_bin(tmp_path, "kubectl", FAKE_KUBECTL)
+    result = _run("deploy-k8s.sh", tmp_path, "1", FAKE_CONTEXT="kind-dev", REAL_KUBECTL="false")
+    assert result.returncode == 1
+    assert "does not contain 'production'" in result.stderr
+    result = _run("deploy-k8s.sh", tmp_path, "1", FAKE_SECRET_RC="1", REAL_KUBECTL="false")
+    assert result.returncode == 1
+    assert "secret message-service-secrets is missing" in result.stderr
+    assert "apply -k" not in (tmp_path / "log" / "calls").read_text()
+
+
+class _Prometheus:
+    """Answers every /api/v1/query with one sample."""
+
+    def __enter__(self) -> str:
+        import http.server
+        import json
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = {
+                    "status": "success",
+                    "data": {"result": [{"metric": {"kind": "llm"}, "value": [0, "7"]}]},
+                }
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_diagnose_production_gathers_every_section(tmp_path: Path) -> None:
+    _fake_bin(tmp_path, "kubectl", FAKE_KUBECTL)
+    with _Prometheus() as url:
+        result = _run("diagnose-production.sh", tmp_path, PROMETHEUS_URL=url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        for title in (
+            "== Service status",
+            "== Pods not Running",
+            "== Latest events",
+            "== Resource use",
+            "== Recent errors (10m)",
+            "== Readiness from inside a web pod",
+            "== RQ queues and workers",
+            "== Key metrics",
+        ):
+            assert title in out, out
+        assert "ERROR something broke" in out
+        assert "llm  queued 3" in out
+        assert "message_queue_size" in out and "7 {kind=llm}" in out
+        calls = (tmp_path / "log" / "calls").read_text()
+        assert "exec deploy/message-service -c message-service -- python manage.py rqstats" in calls
+        # Without metrics-server: the section says so, the rest still runs, the exit is 1.
+        result = _run("diagnose-production.sh", tmp_path, PROMETHEUS_URL=url, FAKE_NO_TOP="1")
+    assert result.returncode == 1
+    assert "(Resource use: failed)" in result.stdout
+    assert "== RQ queues and workers" in result.stdout
+    assert "failed sections: Resource use" in result.stdout
+
+
+def test_deploy_staging_creates_missing_secrets_and_deploys(tmp_path: Path) -> None:
+    docker = require_tool("docker", "the docker CLI (no daemon needed: `docker stack config`)")
+    _fake_bin(tmp_path, "docker", FAKE_DOCKER)
+    key_file = tmp_path / "jwt"
+    key_file.write_text("jwt-from-a-file-0123456789abcdefghijkl")
+    with _Prometheus() as url:  # answers /health with 200 as well
+        result = _run(
+            "deploy-staging.sh",
+            tmp_path,
+            "3.1.4",
+            REAL_DOCKER=docker,
+            FAKE_EXISTING="database_url",
+            SKIP_DEPENDENCY_CHECK="1",
+            STAGING_URL=url,
+            DJANGO_SECRET_KEY="django-from-env-0123456789abcdefghijklmn",
+            JWT_SECRET_KEY_FILE=str(key_file),
+            REDIS_URL="redis://redis:6379/0",
+            METRICS_TOKEN="token-0123456789",
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = tmp_path / "log"
+    assert (
+        log / "secret-django_secret_key"
+    ).read_text() == "django-from-env-0123456789abcdefghijklmn"
+    assert (log / "secret-jwt_secret_key").read_text() == key_file.read_text()
+    assert (log / "secret-redis_url").read_text() == "redis://redis:6379/0"
+    assert (log / "secret-llm_api_key").read_text() == "not-needed"
+    assert not (log / "secret-database_url").exists()  # it existed: kept
+    assert "secret database_url: exists, kept" in result.stdout
+    stack = (log / "stack.yml").read_text()
+    assert "image: registry.company.com/message-service:3.1.4" in stack
+    assert "skip smoke tests" in result.stdout
+
+
+def test_deploy_staging_names_a_missing_secret(tmp_path: Path) -> None:
+    _fake_bin(tmp_path, "docker", FAKE_DOCKER)
+    result = _run(
+        "deploy-staging.sh",
+        tmp_path,
+        "1",
+        REAL_DOCKER="false",
+        SKIP_DEPENDENCY_CHECK="1",
+        DJANGO_SECRET_KEY="x" * 40,
+    )
+    assert result.returncode == 1
+    assert (
+        "FAIL secret jwt_secret_key does not exist: set JWT_SECRET_KEY or JWT_SECRET_KEY_FILE"
+        in (result.stderr)
+    )
+    assert "stack deploy" not in (tmp_path / "log" / "calls").read_text()
