@@ -24,6 +24,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher, make_password
+from django.core.exceptions import ImproperlyConfigured
 
 from fake_llm import FakeLLMServer, Script
 from messageservice.embedded import free_port
@@ -498,3 +499,138 @@ def test_deploy_staging_names_a_missing_secret(tmp_path: Path) -> None:
         in (result.stderr)
     )
     assert "stack deploy" not in (tmp_path / "log" / "calls").read_text()
+
+
+# ------------------------------------------------------- docker-compose.staging.yml + secrets
+
+STAGING = ROOT / "docker-compose.staging.yml"
+APP_SERVICES = {
+    "message-service",
+    "llm-worker",
+    "message-processor",
+    "analytics-worker",
+    "safety-worker",
+}
+
+
+def _staging() -> dict[str, Any]:
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load(STAGING.read_text())
+    return data
+
+
+def test_staging_stack_is_a_swarm_stack_with_external_secrets() -> None:
+    stack = _staging()
+    services = stack["services"]
+    assert APP_SERVICES | {"migrate"} == set(services)
+    assert stack["secrets"] and all(s == {"external": True} for s in stack["secrets"].values())
+    secret_names = {name.upper() for name in stack["secrets"]}
+    # Every secret is one the settings read from /run/secrets/<lower name>.
+    assert secret_names <= set(settings.SECRET_ENV_NAMES), secret_names
+    assert {"DJANGO_SECRET_KEY", "JWT_SECRET_KEY", "DATABASE_URL", "REDIS_URL"} <= secret_names
+    for name, service in services.items():
+        env = service.get("environment", {})
+        assert not set(env) & set(settings.SECRET_ENV_NAMES), (name, "a secret in env")
+        mounted = set(service["secrets"])
+        assert {"django_secret_key", "jwt_secret_key", "database_url", "redis_url"} <= mounted
+        assert service["image"].endswith(":${VERSION:?set VERSION to the image tag}")
+        deploy = service["deploy"]
+        assert deploy["resources"]["limits"] and deploy["resources"]["limits"]["memory"]
+        assert deploy["placement"]["constraints"], name
+        assert deploy["restart_policy"]["condition"] == "on-failure"
+        if name == "migrate":
+            assert deploy["mode"] == "replicated-job"
+            continue
+        assert deploy["replicas"] >= 1
+        assert deploy["resources"]["reservations"], name
+        update = deploy["update_config"]
+        assert update["parallelism"] == 1 and update["order"] == "start-first"
+        assert update["failure_action"] == "rollback"
+        assert service["healthcheck"]["test"], name
+    assert services["message-service"]["deploy"]["replicas"] == 3
+    assert services["llm-worker"]["deploy"]["replicas"] == 6
+    assert services["llm-worker"]["environment"]["MAX_CONCURRENT_REQUESTS"] == "20"
+    assert services["llm-worker"]["command"] == ["python", "manage.py", "rqworker", "llm"]
+    assert stack["networks"]["staging-network"] == {"external": True}
+
+
+def test_staging_stack_matches_the_compose_spec() -> None:
+    check = require_tool("check-jsonschema", "pip install check-jsonschema")
+    result = subprocess.run(
+        [check, "--builtin-schema", "vendor.compose-spec", str(STAGING)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_staging_stack_renders_with_docker_stack_config() -> None:
+    """The Docker CLI's own loader (no daemon needed): interpolation, anchors, secrets, jobs."""
+    import yaml
+
+    docker = require_tool("docker", "the docker CLI")
+    probe = subprocess.run([docker, "stack", "config", "--help"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("this docker CLI has no `stack config` (Docker 25+)")
+    env = _clean_env(VERSION="9.8.7")
+    result = subprocess.run(
+        [docker, "stack", "config", "-c", str(STAGING)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert rendered["services"]["migrate"]["deploy"]["mode"] == "replicated-job"
+    images = {service["image"] for service in rendered["services"].values()}
+    assert images == {"registry.company.com/message-service:9.8.7"}
+    del env["VERSION"]
+    result = subprocess.run(
+        [docker, "stack", "config", "-c", str(STAGING)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode != 0 and "set VERSION" in result.stderr
+
+
+def test_secret_files_fill_unset_names_only(tmp_path: Path) -> None:
+    from messageservice.settings import load_secret_files
+
+    (tmp_path / "django_secret_key").write_text("from-run-secrets\n")
+    (tmp_path / "jwt_secret_key").write_text("from-run-secrets-too\n")
+    (tmp_path / "unrelated").write_text("never read")
+    named = tmp_path / "elsewhere"
+    named.write_text("from-a-named-file")
+    environment = {"JWT_SECRET_KEY": "from-env", "DATABASE_URL_FILE": str(named)}
+    load_secret_files(environment, tmp_path)
+    assert environment == {
+        "DJANGO_SECRET_KEY": "from-run-secrets",  # the file, stripped
+        "JWT_SECRET_KEY": "from-env",  # the env var wins
+        "DATABASE_URL": "from-a-named-file",  # <NAME>_FILE wins over the directory
+        "DATABASE_URL_FILE": str(named),
+    }
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL: cannot read the secret file"):
+        load_secret_files({"REDIS_URL_FILE": str(tmp_path / "missing")}, tmp_path)
+
+
+def test_the_service_settings_read_run_secrets(tmp_path: Path) -> None:
+    """messageservice.settings in a fresh process, DEBUG off, with its keys only as files."""
+    django_key = "d" * 10 + "django-key-from-a-secret-file-0123456789"
+    (tmp_path / "django_secret_key").write_text(django_key + "\n")
+    (tmp_path / "jwt_secret_key").write_text("j" * 48)
+    (tmp_path / "metrics_token").write_text("scrape-token")
+    (tmp_path / "database_url").write_text("postgres://u:p@db.example:5432/ms")
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.SECRET_KEY, s.JWT_SECRET_KEY, s.METRICS_TOKEN, s.DATABASES['default']['HOST'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_clean_env(
+            PYTHONPATH=str(ROOT),
+            DJANGO_SETTINGS_MODULE="messageservice.settings",
+            ENVIRONMENT="staging",
+            SECRETS_DIR=str(tmp_path),
+        ),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [django_key, "j" * 48, "scrape-token", "db.example"]
