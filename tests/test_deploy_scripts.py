@@ -132,6 +132,49 @@ def test_check_dependencies_names_a_dead_redis(fake_llm_server: FakeLLMServer) -
     assert any(line.startswith("ok   llm:") for line in lines), result.stdout
 
 
+@pytest.mark.django_db
+def test_check_dependencies_follows_a_sentinel_set(
+    fake_llm_server: FakeLLMServer, tmp_path: Path
+) -> None:
+    """REDIS_URL may name a Sentinel set (redis+sentinel://, messageservice/redis_clients.py):
+    the check asks a real redis-sentinel for the primary, then pings it."""
+    from urllib.parse import urlsplit
+
+    sentinel_bin = require_tool("redis-sentinel", "apt-get install redis-sentinel")
+    redis_url = urlsplit(settings.REDIS_URL)
+    port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor smoke {redis_url.hostname} {redis_url.port} 1\n"
+    )
+    proc = subprocess.Popen(
+        [sentinel_bin, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                import socket
+
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-sentinel did not start"
+                time.sleep(0.1)
+        dead = free_port()
+        url = f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{port}/smoke/1"
+        result = _check_dependencies(fake_llm_server, REDIS_URL=url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"(primary {redis_url.hostname}:{redis_url.port})" in result.stdout
+        result = _check_dependencies(fake_llm_server, REDIS_URL=url.replace("/smoke/", "/other/"))
+        assert result.returncode == 1
+        assert "no Sentinel answers with a primary for 'other'" in result.stdout
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_check_dependencies_names_a_dead_llm_and_database(fake_llm_server: FakeLLMServer) -> None:
     result = _check_dependencies(
         fake_llm_server,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that the Message Service's dependencies answer, with the env names the settings read:
 #   DATABASE_URL     the database (postgres://... or sqlite:///...)
-#   REDIS_URL        Redis (redis://, rediss://, unix://)
+#   REDIS_URL        Redis (redis://, rediss://, unix://, or a Sentinel set:
+#                    redis+sentinel://host:26379[,host:26379]/service_name[/db])
 #   LLM_SERVICE_URL  the OpenAI-compatible LLM (GET $LLM_SERVICE_URL/models, bearer LLM_API_KEY),
 #                    when DEFAULT_LLM_PROVIDER is lmstudio / openai_compatible (the default)
 # Unset names take the settings' defaults. One line per dependency: "ok <name> ..." or
@@ -85,14 +86,41 @@ except Exception as exc:
 
 check redis '
 import os, sys
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 import redis
+import redis.sentinel
 url = os.environ["REDIS_URL"]
 timeout = float(os.environ["CHECK_TIMEOUT"])
 parts = urlsplit(url)
-where = "%s://%s:%s%s" % (parts.scheme, parts.hostname or "", parts.port or "", parts.path)
+netloc = parts.netloc.rsplit("@", 1)[-1]
+where = "%s://%s%s" % (parts.scheme, netloc, parts.path)
+options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
 try:
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
+        # redis+sentinel://[[user]:password@]host:port[,host:port]/service_name[/db]
+        user = unquote(parts.username or "") or None
+        password = unquote(parts.password or "") or None
+        hosts = []
+        for item in netloc.split(","):
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+            hosts.append((host.strip("[]"), int(port or 26379)))
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        sentinel_kwargs = dict(options)
+        if query.get("sentinel_password"):
+            sentinel_kwargs["password"] = query["sentinel_password"]
+        sentinel = redis.sentinel.Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)
+        try:
+            primary = sentinel.discover_master(path[0])
+        except redis.sentinel.MasterNotFoundError:
+            sys.exit("REDIS_URL (%s): no Sentinel answers with a primary for %r" % (where, path[0]))
+        client = sentinel.master_for(
+            path[0], db=int(path[1]) if len(path) > 1 else 0, username=user,
+            password=password, ssl=parts.scheme.startswith("rediss"), **options
+        )
+        where += " (primary %s:%s)" % primary
+    else:
+        client = redis.Redis.from_url(url, **options)
     client.ping()
     info = client.info("server")
     print("Redis %s at %s" % (info.get("redis_version", "?"), where))
