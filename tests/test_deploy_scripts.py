@@ -306,6 +306,36 @@ def test_smoke_tests_pass_against_a_running_stack(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_smoke_tests_need_no_curl(stack: int, tmp_path: Path) -> None:
+    """The image has no curl: with a PATH of bash, python3 and coreutils only, it still runs."""
+    import shutil
+
+    only = tmp_path / "only"
+    only.mkdir()
+    # The interpreter itself (a pyenv shim on PATH would need pyenv).
+    (only / "python3").symlink_to(os.path.realpath(sys.executable))
+    for tool in ("bash", "mktemp", "head", "tr", "grep", "date", "rm", "sleep", "cat"):
+        found = shutil.which(tool)
+        assert found, tool
+        (only / tool).symlink_to(found)
+    username = _account("smoke-no-curl")
+    CharacterFactory()
+    result = _smoke(stack, username, PATH=str(only))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (only / "python3").unlink()
+    result = _smoke(stack, username, PATH=str(only))
+    assert result.returncode == 1
+    assert result.stderr == "FAIL python3 (with its standard library) is not on PATH\n"
+
+
+def test_smoke_tests_name_an_unreachable_service() -> None:
+    result = _smoke(free_port(), "anyone")
+    assert result.returncode == 1
+    assert result.stderr.startswith("FAIL /health: HTTP 000: "), result.stderr
+    assert "refused" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
 def test_smoke_tests_fail_when_the_llm_answers_errors(
     stack: int, fake_llm_server: FakeLLMServer
 ) -> None:

@@ -3,7 +3,7 @@
 # /ready, /metrics (with METRICS_TOKEN when set), then a chat over REST: a JWT for
 # SMOKE_USERNAME/SMOKE_PASSWORD, a new conversation, one message, and its reply polled until it
 # completes. Each step prints one line; the first failing step stops the run with exit 1.
-# Needs curl and python3 (both in deploy/Dockerfile's image).
+# Needs only bash and python3, so it also runs inside deploy/Dockerfile's image (no curl there).
 set -euo pipefail
 
 usage() {
@@ -41,9 +41,9 @@ SMOKE_TIMEOUT="${SMOKE_TIMEOUT:-60}"
 : "${SMOKE_USERNAME:?set SMOKE_USERNAME (and SMOKE_PASSWORD) to an account of the service}"
 : "${SMOKE_PASSWORD:?set SMOKE_PASSWORD}"
 
-CURL_OPTS=(--silent --show-error --max-time 30)
-if [[ -n "${SMOKE_HOST:-}" ]]; then
-    CURL_OPTS+=(-H "Host: ${SMOKE_HOST}")
+if ! python3 -c 'import json, urllib.request' 2>/dev/null; then
+    echo "FAIL python3 (with its standard library) is not on PATH" >&2
+    exit 1
 fi
 BODY="$(mktemp)"
 trap 'rm -f "$BODY"' EXIT
@@ -53,19 +53,31 @@ fail() {
     exit 1
 }
 
-# request METHOD PATH [JSON] [AUTH]: the body goes to $BODY, the status code to stdout.
+# request METHOD PATH [JSON] [AUTH]: the body goes to $BODY, the status code to stdout (000 when
+# the service cannot be reached; the reason is then in $BODY).
 request() {
-    local method="$1" path="$2" data="${3:-}" auth="${4:-}"
-    local args=("${CURL_OPTS[@]}" -X "$method" -o "$BODY" -w '%{http_code}')
-    if [[ -n "$data" ]]; then
-        args+=(-H 'Content-Type: application/json' --data "$data")
-    fi
-    if [[ -n "$auth" ]]; then
-        args+=(-H "Authorization: Bearer ${auth}")
-    fi
-    local code
-    code="$(curl "${args[@]}" "${BASE_URL}${path}")" || true
-    echo "${code:-000}"
+    python3 -c '
+import sys, urllib.error, urllib.request
+method, url, body_file, data, auth, host = sys.argv[1:7]
+headers = {"Accept": "application/json"}
+if data:
+    headers["Content-Type"] = "application/json"
+if auth:
+    headers["Authorization"] = "Bearer " + auth
+if host:
+    headers["Host"] = host
+request = urllib.request.Request(url, data=data.encode() or None, headers=headers, method=method)
+try:
+    with urllib.request.urlopen(request, timeout=30) as response:
+        status, body = response.status, response.read()
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read()
+except OSError as error:
+    status, body = 0, str(error).encode()
+with open(body_file, "wb") as out:
+    out.write(body)
+print("%03d" % status)
+' "$1" "${BASE_URL}$2" "$BODY" "${3:-}" "${4:-}" "${SMOKE_HOST:-}"
 }
 
 # json EXPR: evaluates a Python expression on the JSON body (as `d`) and prints the result.
