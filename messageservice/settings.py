@@ -6,6 +6,8 @@ SQLite, the embedded Redis on 8006 and an OpenAI-compatible LLM server on 8005.
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +26,37 @@ env = environ.Env()
 if (BASE_DIR / ".env").exists():
     # Only then: django-environ logs its absence, before LOGGING is set up (daphne: plain text).
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Secrets as files (Docker Swarm / Kubernetes secret mounts): a secret whose env var is unset is
+# read from the file named by <NAME>_FILE, else from <SECRETS_DIR>/<lower name> (/run/secrets,
+# where docker-compose.staging.yml mounts them). The env var, when set, always wins.
+SECRET_ENV_NAMES = (
+    "DJANGO_SECRET_KEY",
+    "JWT_SECRET_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "METRICS_TOKEN",
+    "LLM_API_KEY",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+)
+
+
+def load_secret_files(environment: MutableMapping[str, str], directory: Path) -> None:
+    for name in SECRET_ENV_NAMES:
+        if name in environment:
+            continue
+        path = Path(environment[f"{name}_FILE"]) if f"{name}_FILE" in environment else None
+        if path is None and (directory / name.lower()).is_file():
+            path = directory / name.lower()
+        if path is not None:
+            try:
+                environment[name] = path.read_text().strip()
+            except OSError as exc:
+                raise ImproperlyConfigured(f"{name}: cannot read the secret file {path}") from exc
+
+
+load_secret_files(os.environ, Path(env.str("SECRETS_DIR", default="/run/secrets")))
 
 INSECURE_DEFAULT_KEY = "insecure-dev-key-change-me-0123456789abcdef0123456789"
 # Keys that have been published (in this repository's defaults, examples and build steps):

