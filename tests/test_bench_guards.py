@@ -133,3 +133,34 @@ def test_report_renders_the_guards_section_and_renders_results_without_it(
     text = path.read_text()
     assert "### 9." not in text and "Guard refusals" not in text
     assert "| 8 | Content filtering and rate limits" in text and "not run" in text
+
+
+def _code_results(seq: float, burst: tuple[float, float, float]) -> dict[str, Any]:
+    before = _config(12.0, 250.0, None)
+    after = _config(12.0 + seq, 250.0 + burst[0], None)
+    after["vs_base"] = {
+        "sequential": {"p50": seq, "p95": 1.0, "p50_interval95": [seq - 1, seq + 1]},
+        "burst": {"p50": burst[0], "p95": 3.0, "p50_interval95": [burst[1], burst[2]]},
+    }
+    return {
+        "meta": {"compare_code": {"before": {"commit": "aaa"}, "after": {"commit": "bbb"}}},
+        "code": {
+            "configs": {"before": before, "after": after},
+            "requests": 60,
+            "warmup": 5,
+            "seconds": 200.0,
+        },
+    }
+
+
+def test_code_comparison_verdicts_follow_the_budget_and_the_noise() -> None:
+    """bench --compare-code: +1 ms at most one at a time; at the burst, a miss only when the
+    whole interval of the difference is above 0."""
+    verdicts = [v for *_, v in report.code_checks(_code_results(0.7, (-20.0, -90.0, 30.0)))]
+    assert verdicts == ["PASS", "PASS"]
+    verdicts = [v for *_, v in report.code_checks(_code_results(1.4, (40.0, 5.0, 80.0)))]
+    assert verdicts == ["FAIL", "FAIL"]
+    assert report.code_checks({"meta": {}}) == []
+    table = report.code_table(_code_results(0.7, (-20.0, -90.0, 30.0)))
+    assert table[2].startswith("| before (older checkout) |")
+    assert "+0.7 (95 % -0.3 … +1.7)" in table[3]
