@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 PORT ?= 8004
 
-.PHONY: run test lint format install install-dev install-llm worker bench migrate clean
+.PHONY: run test lint format install install-dev install-llm worker bench migrate clean image
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,16 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev requirements-bench.txt
 ## bench: the streaming benchmarks (real daphne, llm worker, Redis, fake LLM); writes bench/RESULTS.md
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench.run
+
+## image: deploy/Dockerfile built on a local Debian base (no registry needed): the base once per
+# machine (debootstrap, kept as $(BASE_IMAGE)), then the image with Docker's layer cache. Needs a
+# Docker daemon, debootstrap and root. With a registry, BASE_IMAGE=python:3.11-slim works as well.
+IMAGE ?= message-service:local
+BASE_IMAGE ?= message-service-base:bookworm
+image:
+	case "$(BASE_IMAGE)" in message-service-base:*) deploy/scripts/build-base-image.sh "$(BASE_IMAGE)";; esac
+	DOCKER_BUILDKIT=0 docker build -q --build-arg PYTHON_IMAGE="$(BASE_IMAGE)" -f deploy/Dockerfile -t "$(IMAGE)" .
+	@docker image inspect --format '$(IMAGE): {{.Size}} bytes' "$(IMAGE)"
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3 db.sqlite3-wal db.sqlite3-shm

@@ -939,8 +939,13 @@ def test_dockerfile_install_collectstatic_and_command() -> None:
     assert env_names <= ALLOWED_ENV | DOCKERFILE_EXTRA_ENV, env_names
     assert ("EXPOSE", str(WEB_PORT)) in instructions
     (cmd,) = [rest for i, rest in instructions if i == "CMD"]
-    cmd_text = " ".join(json.loads(cmd))
-    assert "daphne -b 0.0.0.0 -p" in cmd_text and "messageservice.asgi:application" in cmd_text
+    # deploy/start.sh picks the process from WORKER_TYPE; unset, it is daphne on $PORT
+    # (tests/test_docker_image.py runs every kind in a container).
+    assert json.loads(cmd) == ["deploy/start.sh"]
+    start = (ROOT / "deploy" / "start.sh").read_text()
+    web = re.search(r"^\s*web\) (.+)$", start, re.M)
+    assert web and "exec daphne -b 0.0.0.0 -p" in web.group(1)
+    assert "messageservice.asgi:application" in web.group(1)
     code = dockerfile_healthcheck_code()
     assert "/health" in code and "urllib" in code
 

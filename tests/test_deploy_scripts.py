@@ -34,6 +34,8 @@ from tests.test_deploy_files import require_tool
 
 SCRIPTS = ROOT / "deploy" / "scripts"
 SCRIPT_FILES = sorted(SCRIPTS.glob("*.sh"))
+# deploy/start.sh: the image's command (WORKER_TYPE), POSIX sh; .ci/run: CI itself.
+SHELL_FILES = [*SCRIPT_FILES, ROOT / "deploy" / "start.sh", ROOT / ".ci" / "run"]
 ORIGINAL = [
     "check-dependencies.sh",
     "smoke-tests.sh",
@@ -53,7 +55,7 @@ def test_the_original_scripts_exist() -> None:
         assert os.access(path, os.X_OK), f"{path.name} is not executable"
 
 
-@pytest.mark.parametrize("script", SCRIPT_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)
 def test_shellcheck(script: Path) -> None:
     shellcheck = require_tool("shellcheck", "apt-get install shellcheck")
     result = subprocess.run(
