@@ -8,6 +8,7 @@ written anew as WebP, so no metadata (EXIF, GPS, text chunks) and no trailing pa
 from __future__ import annotations
 
 import io
+import logging
 import uuid
 from typing import Any
 
@@ -17,8 +18,10 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from messages_app.errors import InvalidInput, TooLarge
+from messages_app.errors import InvalidInput, TooLarge, Unavailable
 from messages_app.models import Character
+
+logger = logging.getLogger(__name__)
 
 AVATAR_SIZE = 512
 AVATAR_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
@@ -113,9 +116,16 @@ def avatar_set(*, character: Character, content: bytes) -> Character:
     """Store `content` (from avatar_encode) as the character's avatar under a new name, so
     a cached old URL never shows the new image; the old file is removed after commit."""
     old = character.avatar.name
-    name = default_storage.save(
-        f"avatars/{character.pk}-{uuid.uuid4().hex[:16]}.webp", ContentFile(content)
-    )
+    try:
+        name = default_storage.save(
+            f"avatars/{character.pk}-{uuid.uuid4().hex[:16]}.webp", ContentFile(content)
+        )
+    except OSError as exc:
+        # E.g. MEDIA_ROOT on a read-only filesystem: the deployment must mount a volume there.
+        logger.error("could not store an avatar of character %s: %r", character.pk, exc)
+        raise Unavailable(
+            "Uploaded images cannot be stored right now.", code="storage_unavailable"
+        ) from exc
     character.avatar.name = name
     Character.objects.filter(pk=character.pk).update(avatar=name)
     if old:

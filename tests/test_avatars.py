@@ -3,6 +3,7 @@ served at MEDIA_URL by a small view that only serves upload files."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -166,6 +167,27 @@ def test_a_decompression_bomb_is_image_too_large(api, mine):
         + chunk(b"IEND", b"")
     )
     _error(_post(api, mine, bomb), 400, "image_too_large")
+
+
+def test_storage_that_cannot_be_written_is_503_not_500(api, mine, settings, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    settings.MEDIA_ROOT = str(tmp_path / "a-file" / "media")
+    error = _error(_post(api, mine, _image("PNG")), 503, "storage_unavailable")
+    assert error["message"]
+    assert Character.objects.get(pk=mine.pk).avatar.name == ""
+    _error(_upload_card(api), 503, "storage_unavailable")
+    assert not Character.objects.filter(name="Card with picture").exists()
+
+
+def _upload_card(api: APIClient) -> Any:
+    info = PngImagePlugin.PngInfo()
+    card = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Card with picture"}}
+    info.add_text("chara", base64.b64encode(json.dumps(card).encode()).decode())
+    return api.post(
+        "/api/v1/characters/import/",
+        {"file": SimpleUploadedFile("c.png", _image("PNG", pnginfo=info))},
+        format="multipart",
+    )
 
 
 def test_only_the_owner_or_staff_change_an_avatar(api, user):
