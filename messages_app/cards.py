@@ -222,6 +222,9 @@ def card_from_json(card: dict[str, Any], *, image: Image.Image | None = None) ->
         data = card.get("data")
         if not isinstance(data, dict):
             raise _error("bad_card", f"A {spec} card needs a `data` object.")
+    elif spec is None and isinstance(card.get("data"), dict) and "name" in card["data"]:
+        # A V2 card whose writer left out `spec` (seen in the wild): read as V2.
+        data, spec = card["data"], V2
     elif spec is None and "name" in card:
         data, spec = card, "chara_card_v1"
     else:

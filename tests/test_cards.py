@@ -159,6 +159,12 @@ def test_ccv3_wins_over_chara_when_a_png_has_both(api):
     assert resp.json()["name"] == "V3 name" and resp.json()["greeting"] == "v3 hello"
 
 
+def test_a_v2_card_without_spec_is_read_from_its_data(api):
+    resp = _upload(api, json.dumps({"data": {"name": "No Spec", "first_mes": "Hi"}}).encode())
+    assert resp.status_code == 201, resp.content
+    assert resp.json()["name"] == "No Spec" and resp.json()["greeting"] == "Hi"
+
+
 def test_a_v1_json_card_and_a_v2_json_card_import(api):
     v1 = {
         "name": "Old Timer",
