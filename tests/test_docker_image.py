@@ -137,7 +137,17 @@ def deployed(
             *_env(fake_llm_server, WORKER_TYPE="migrate"), image, timeout=300, check=False,
         )  # fmt: skip
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-        _run(names["web"], image, _env(fake_llm_server, PORT=str(port)))
+        # MEDIA_ROOT (/app/media) is the one writable place besides /tmp: a volume in compose
+        # and Kubernetes, a tmpfs owned by the service user here.
+        _run(
+            names["web"],
+            image,
+            [
+                "--tmpfs",
+                "/app/media:rw,uid=1000,gid=1000,size=16m",
+                *_env(fake_llm_server, PORT=str(port)),
+            ],
+        )
         for kind in WORKERS:
             _run(
                 names[kind],
@@ -264,6 +274,56 @@ def test_a_smoke_chat_through_the_containers_is_titled_counted_and_checked(
     while not UsageRow.objects.filter(user=user, interval="hour", completed=1).exists():
         assert time.monotonic() < deadline, _logs(deployed["names"]["analytics_worker"])
         time.sleep(0.5)
+
+
+def test_a_card_imports_through_the_container_and_its_avatar_is_served(
+    deployed: dict[str, Any],
+) -> None:
+    """A SillyTavern card PNG uploaded to the web container: its picture is written to the
+    mounted MEDIA_ROOT on the otherwise read-only image, and served back."""
+    import urllib.request
+    import uuid
+
+    port = deployed["port"]
+    user: Any = UserFactory(username=f"cards-{time.monotonic_ns()}")
+    get_user_model().objects.filter(pk=user.pk).update(
+        password=make_password(PASSWORD, hasher=PBKDF2PasswordHasher())
+    )
+
+    def call(path: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            data=data,
+            headers={"Host": "localhost", **(headers or {})},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+
+    body = json.dumps({"username": user.username, "password": PASSWORD}).encode()
+    _, _, token = call("/api/v1/auth/token/", body, {"Content-Type": "application/json"})
+    auth = {"Authorization": "Bearer " + json.loads(token)["access"]}
+    card = (ROOT / "tests" / "fixtures" / "cards" / "default_Seraphina.png").read_bytes()
+    boundary = uuid.uuid4().hex
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="Seraphina.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + card
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, _, created = call(
+        "/api/v1/characters/import/",
+        form,
+        {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    character = json.loads(created)
+    assert status == 201 and character["name"] == "Seraphina", character
+    status, headers, picture = call(character["avatar_url"], headers=auth)
+    assert status == 200 and headers["Content-Type"] == "image/webp"
+    assert picture[:4] == b"RIFF" and picture[8:12] == b"WEBP"
+    listing = _exec(deployed["names"]["web"], "ls", "-R", "/app/media")
+    assert ".webp" in listing.stdout, listing
 
 
 def test_an_unknown_worker_type_is_refused(image: str) -> None:
