@@ -119,7 +119,7 @@ def test_a_reply_grows_as_it_streams_and_send_waits_for_it(chat, fake_llm_server
     fake_llm_server.push(Script.from_text(LONG, token_interval=0.03))
     reply = send(page, "Tell me a long story")
     wait_status(reply, "streaming")
-    lengths = []
+    lengths: list[int] = []
     while reply.get_attribute("data-status") == "streaming" and len(lengths) < 400:
         lengths.append(len(text_of(reply)))
         if len(set(lengths)) == 2:

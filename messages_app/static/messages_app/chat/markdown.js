@@ -120,6 +120,16 @@ export function decorateCode(root) {
 // --- the streaming view ----------------------------------------------------------------------------
 
 const FENCE = /^ {0,3}(`{3,}|~{3,})/;
+// A trailing block longer than this streams as plain text until it ends (then it is rendered
+// once): rendering it again per frame would cost its length per frame.
+const TAIL_LIVE_MAX = 2000;
+const PLAIN_CHUNK = 600; // characters before a plain chunk may end at a sentence's end
+
+// Bench hook (bench/page.py): with globalThis.__chatPerf set, each flush records
+// [text length, ms]. One property read when unset.
+function perf() {
+  return globalThis.__chatPerf || null;
+}
 const schedule =
   typeof requestAnimationFrame === "function" ? requestAnimationFrame : (fn) => setTimeout(fn, 16);
 
@@ -141,8 +151,11 @@ export class MarkdownView {
     this.scanPos = 0; // lines before this were scanned for boundaries
     this.fence = null; // the open fence's marker ("```"), if any
     this.boundary = 0; // the last block boundary found
-    this.fenceCode = null; // <code> of the open fence in the tail, appended to
+    this.fenceCode = null; // text node of the open fence's code in the tail, appended to
     this.fenceShown = 0; // text up to here is in fenceCode
+    this.plain = null; // text node of a long trailing block shown as plain text, appended to
+    this.plainShown = 0;
+    this.plainBox = null;
     this.final = false;
     this.pending = false;
   }
@@ -178,6 +191,36 @@ export class MarkdownView {
     decorateCode(this.node);
   }
 
+  // A long trailing block, as plain text, in chunks of their own (cut after a sentence): a
+  // browser lays out only the chunk that grows, not the whole block, per frame.
+  _plainChunk() {
+    const chunk = document.createElement("span");
+    chunk.className = "md-plain-chunk";
+    this.plain = document.createTextNode("");
+    chunk.appendChild(this.plain);
+    this.plainBox.appendChild(chunk);
+  }
+
+  _plainAppend(text) {
+    while (text) {
+      if (this.plain.length < PLAIN_CHUNK) {
+        this.plain.appendData(text);
+        return;
+      }
+      // After a sentence's end; in a chunk twice too long, after any space.
+      let match = /[.!?…]\s|\n/.exec(text);
+      if (!match && this.plain.length >= 2 * PLAIN_CHUNK) match = /\s/.exec(text);
+      if (!match) {
+        this.plain.appendData(text);
+        return;
+      }
+      const at = match.index + match[0].length;
+      this.plain.appendData(text.slice(0, at));
+      text = text.slice(at);
+      this._plainChunk();
+    }
+  }
+
   // Find the block boundaries in the complete lines written since the last scan.
   scan() {
     const text = this.text;
@@ -206,6 +249,13 @@ export class MarkdownView {
   flush() {
     this.pending = false;
     if (this.final) return;
+    const p = perf();
+    const t0 = p ? performance.now() : 0;
+    this._flush();
+    if (p) p.frames.push([this.text.length, performance.now() - t0]);
+  }
+
+  _flush() {
     this.scan();
     if (this.boundary > this.stableEnd) {
       const chunk = this.text.slice(this.stableEnd, this.boundary);
@@ -219,6 +269,7 @@ export class MarkdownView {
       }
       this.stableEnd = this.boundary;
       this.fenceCode = null;
+      this.plain = null;
     }
     const tailText = this.text.slice(this.stableEnd);
     if (this.fence) {
@@ -226,16 +277,31 @@ export class MarkdownView {
       if (!this.fenceCode) {
         this.tail.textContent = "";
         const pre = document.createElement("pre");
-        this.fenceCode = document.createElement("code");
-        pre.appendChild(this.fenceCode);
+        const code = document.createElement("code");
+        this.fenceCode = document.createTextNode("");
+        code.appendChild(this.fenceCode);
+        pre.appendChild(code);
         this.tail.appendChild(pre);
         const firstLine = tailText.indexOf("\n");
         this.fenceShown = firstLine < 0 ? tailText.length : firstLine + 1;
       }
       if (tailText.length > this.fenceShown) {
-        this.fenceCode.appendChild(document.createTextNode(tailText.slice(this.fenceShown)));
+        this.fenceCode.appendData(tailText.slice(this.fenceShown)); // one text node, grown
         this.fenceShown = tailText.length;
       }
+      return;
+    }
+    if (this.plain || tailText.length > TAIL_LIVE_MAX) {
+      if (!this.plain) {
+        this.tail.textContent = "";
+        this.plainBox = document.createElement("div");
+        this.plainBox.className = "md-plain";
+        this.tail.appendChild(this.plainBox);
+        this.plainShown = 0;
+        this._plainChunk();
+      }
+      this._plainAppend(tailText.slice(this.plainShown));
+      this.plainShown = tailText.length;
       return;
     }
     this.tail.textContent = "";

@@ -142,7 +142,11 @@ export class TextView {
   }
   append(text) {
     if (!text) return;
-    this.node.appendChild(document.createTextNode(text));
+    if (!this.textNode || this.textNode.parentNode !== this.node) {
+      this.textNode = document.createTextNode("");
+      this.node.appendChild(this.textNode);
+    }
+    this.textNode.appendData(text);
     this.text += text;
   }
 }
