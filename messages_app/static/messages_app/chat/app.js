@@ -261,7 +261,7 @@ const socket = new ChatSocket({
       showBanner("Your session has ended. Reload the page to log in again.");
     } else if (code === 4403) {
       if (!state.banned) banned({});
-    } else {
+    } else if (el.banner.getAttribute("data-kind") !== "deleted" || el.banner.hidden) {
       setStatus("closed", "Not found");
       showBanner("This conversation does not exist or is not yours.");
     }
@@ -288,6 +288,15 @@ function handleFrame(frame) {
     case "generation.started":
       store.started(frame);
       break;
+    case "generation.retrying": {
+      // A provider failed before the first token and is tried again: say so.
+      const entry = store.entryForGeneration(frame.generation_id);
+      if (entry) {
+        entry.retrying = frame.attempt || true;
+        store.touch(entry);
+      }
+      break;
+    }
     case "generation.delta":
       applyDelta(frame);
       return;
@@ -310,6 +319,13 @@ function handleFrame(frame) {
       break;
     case "conversation.updated":
       updateConversation(frame.conversation);
+      break;
+    case "conversation.deleted":
+      // Deleted (here or in another tab): the socket closes with 4404 next; say it plainly.
+      socket.stop();
+      showBanner("This conversation was deleted.", "deleted");
+      setStatus("closed", "Deleted");
+      conversations.refresh().catch(() => {});
       break;
     case "rate_limited":
       store.failPending("Not sent: you have reached a sending limit; try again when it lifts.", {

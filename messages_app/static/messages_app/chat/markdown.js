@@ -184,11 +184,14 @@ export class MarkdownView {
   }
 
   renderAll() {
+    const p = perf();
+    const t0 = p ? performance.now() : 0;
     this.pending = false;
     this.node.textContent = "";
     const fragment = renderMarkdown(this.text);
     this.node.appendChild(fragment);
     decorateCode(this.node);
+    if (p && p.finals) p.finals.push([this.text.length, performance.now() - t0]);
   }
 
   // A long trailing block, as plain text, in chunks of their own (cut after a sentence): a

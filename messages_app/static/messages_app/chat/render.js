@@ -73,7 +73,8 @@ export function statusWords(entry) {
     case "sending":
       return "Sending…";
     case "queued":
-      return role === "assistant" ? "Waiting for the reply…" : "";
+      if (role !== "assistant") return "";
+      return entry.retrying ? "Trying again…" : "Waiting for the reply…";
     case "streaming":
       return "Writing…";
     case "cancelled":
@@ -364,6 +365,9 @@ export class ThreadView {
     view.node.className = "msg msg-" + role;
     view.node.setAttribute("data-role", role);
     view.node.setAttribute("data-status", msg.status || "");
+    // Screen readers announce a reply once it is written, not per token.
+    if (live) view.node.setAttribute("aria-busy", "true");
+    else view.node.removeAttribute("aria-busy");
     // The reply to a message the content filter blocked has nothing to show.
     view.node.hidden =
       role === "assistant" && msg.status === "blocked" && msg.finish_reason === "input_blocked";

@@ -2,7 +2,7 @@
  * them form the branch shown (the thread), and how server snapshots, deltas and local sends
  * merge. Unit-tested with `node --test tests/js/`.
  *
- * An entry is `{key, msg, error, errorCode, retryable, rating, reported}`; it keeps its
+ * An entry is `{key, msg, error, errorCode, retryable, rating, reported, retrying}`; it keeps its
  * identity while its message changes (a local send becomes the saved message), so a view can
  * hang off it. Methods that change entries mark them dirty (`takeDirty()`), and bump
  * `threadVersion` when the thread's order changes. */
@@ -50,6 +50,7 @@ function newEntry(msg) {
     retryable: false,
     rating: 0,
     reported: false,
+    retrying: false,
   };
 }
 
@@ -327,6 +328,7 @@ export class ChatStore {
       if (statusRank(entry.msg.status) < 1) entry.msg.status = "streaming";
       entry.error = null;
       entry.errorCode = null;
+      entry.retrying = false;
       this.dirty.add(entry);
     }
     return this._drain(generation_id);
