@@ -10,6 +10,7 @@
 
 import { Marked } from "../vendor/marked/marked.esm.js";
 import "../vendor/dompurify/purify.min.js"; // UMD: defines globalThis.DOMPurify
+import { BlockScanner } from "./blocks.js";
 
 const DOMPurify = globalThis.DOMPurify;
 
@@ -119,7 +120,6 @@ export function decorateCode(root) {
 
 // --- the streaming view ----------------------------------------------------------------------------
 
-const FENCE = /^ {0,3}(`{3,}|~{3,})/;
 // A trailing block longer than this streams as plain text until it ends (then it is rendered
 // once): rendering it again per frame would cost its length per frame.
 const TAIL_LIVE_MAX = 2000;
@@ -148,9 +148,7 @@ export class MarkdownView {
     this.tail.className = "md-tail";
     this.node.append(this.stable, this.tail);
     this.stableEnd = 0; // text[0:stableEnd] is rendered in this.stable
-    this.scanPos = 0; // lines before this were scanned for boundaries
-    this.fence = null; // the open fence's marker ("```"), if any
-    this.boundary = 0; // the last block boundary found
+    this.blocks = new BlockScanner();
     this.fenceCode = null; // text node of the open fence's code in the tail, appended to
     this.fenceShown = 0; // text up to here is in fenceCode
     this.plain = null; // text node of a long trailing block shown as plain text, appended to
@@ -224,31 +222,6 @@ export class MarkdownView {
     }
   }
 
-  // Find the block boundaries in the complete lines written since the last scan.
-  scan() {
-    const text = this.text;
-    let start = this.scanPos;
-    for (;;) {
-      const end = text.indexOf("\n", start);
-      if (end < 0) break;
-      const line = text.slice(start, end);
-      const fence = FENCE.exec(line);
-      if (this.fence) {
-        if (fence && fence[1][0] === this.fence[0] && fence[1].length >= this.fence.length && !line.slice(fence[0].length).trim()) {
-          this.fence = null;
-          this.boundary = end + 1;
-        }
-      } else if (fence) {
-        this.fence = fence[1];
-        this.boundary = start;
-      } else if (!line.trim()) {
-        this.boundary = end + 1;
-      }
-      start = end + 1;
-    }
-    this.scanPos = start;
-  }
-
   flush() {
     this.pending = false;
     if (this.final) return;
@@ -259,9 +232,9 @@ export class MarkdownView {
   }
 
   _flush() {
-    this.scan();
-    if (this.boundary > this.stableEnd) {
-      const chunk = this.text.slice(this.stableEnd, this.boundary);
+    const boundary = this.blocks.scan(this.text);
+    if (boundary > this.stableEnd) {
+      const chunk = this.text.slice(this.stableEnd, boundary);
       if (chunk.trim()) {
         const fragment = renderMarkdown(chunk);
         const holder = document.createElement("div");
@@ -270,12 +243,12 @@ export class MarkdownView {
         decorateCode(holder);
         this.stable.appendChild(holder);
       }
-      this.stableEnd = this.boundary;
+      this.stableEnd = boundary;
       this.fenceCode = null;
       this.plain = null;
     }
     const tailText = this.text.slice(this.stableEnd);
-    if (this.fence) {
+    if (this.blocks.inFence) {
       // An open code fence: its text so far, appended as plain text (highlighted once closed).
       if (!this.fenceCode) {
         this.tail.textContent = "";
