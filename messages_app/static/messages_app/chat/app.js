@@ -15,6 +15,7 @@ const PAGE_SIZE = 50;
 
 const el = {
   title: document.getElementById("chat-title"),
+  avatar: document.getElementById("chat-avatar"),
   status: document.getElementById("connection-status"),
   banner: document.getElementById("banner"),
   messages: document.getElementById("messages"),
@@ -406,6 +407,7 @@ async function drawTitle() {
   const conv = state.current;
   if (!conv) {
     el.title.textContent = "No conversation open";
+    el.avatar.hidden = true;
     return;
   }
   if (!conv.title && !(conv.character && conv.character.name)) {
@@ -414,6 +416,11 @@ async function drawTitle() {
     if (name) conv.character = Object.assign({}, conv.character, { name });
   }
   el.title.textContent = conversationLabel(conv);
+  // The character's picture (the API gives conversations their character's avatar_url).
+  const avatar = (conv.character && conv.character.avatar_url) || null;
+  if (avatar) el.avatar.src = avatar;
+  el.avatar.hidden = !avatar;
+  thread.avatar = avatar;
 }
 
 function updateConversation(conv) {

@@ -170,6 +170,7 @@ export class ThreadView {
     this.canAct = canAct || (() => true);
     this.views = new Map(); // entry key -> view
     this.lastReplyKey = null;
+    this.avatar = null; // the character's picture beside its messages, when it has one
   }
 
   clear() {
@@ -284,10 +285,15 @@ export class ThreadView {
     report.hidden = true;
     actions.append(copy, edit, regenerate, feedback, report, details);
     foot.append(branch, status, meta, actions);
-    node.append(bubble, editor, foot);
+    const body = make("div", "msg-body");
+    const face = make("img", "msg-avatar");
+    face.alt = "";
+    face.hidden = true;
+    body.append(face, bubble);
+    node.append(body, editor, foot);
 
     const view = {
-      node, bubble, content, text: this.contentView(content, entry.msg.role), error, errorText,
+      node, bubble, face, content, text: this.contentView(content, entry.msg.role), error, errorText,
       retry, editor, editBox, branch, prev, next, label, status, meta, copy, edit, regenerate,
       details, dl, feedback, up, down, report,
     };
@@ -376,6 +382,9 @@ export class ThreadView {
       view.node.setAttribute("data-generation-id", String(msg.generation_id));
     }
     view.text.set(msg.content || "", !live);
+    const face = role === "assistant" ? this.avatar : null;
+    if (face && view.face.getAttribute("src") !== face) view.face.src = face;
+    view.face.hidden = !face;
 
     const notice = noticeText(entry);
     view.errorText.textContent = notice;
