@@ -147,7 +147,7 @@ function updateEmptyState() {
 function setStatus(name, label) {
   el.status.setAttribute("data-state", name);
   el.status.querySelector(".label").textContent = label;
-  updateComposer();
+  flush(); // the controls follow whether the socket is open
 }
 
 /* Controls that start a reply (send, regenerate, edit, retry) are usable now. */
@@ -628,7 +628,7 @@ async function switchBranch(entry, delta) {
  * on the last reply's last alternative writes a new one. */
 function swipe(delta) {
   const last = store.thread[store.thread.length - 1];
-  if (!last || store.busy()) return;
+  if (!last || store.busy() || !el.gallery.hidden) return; // not the chat behind the gallery
   const sib = last.msg.siblings;
   const position = sib ? sib.position : 1;
   const total = sib ? sib.total : 1;

@@ -104,6 +104,7 @@ export function setupDrawer(toggle, sidebar) {
   toggle.addEventListener("click", () => set(!sidebar.classList.contains("open")));
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && sidebar.classList.contains("open")) {
+      event.preventDefault(); // closes the drawer only (not also a reply)
       set(false);
       toggle.focus();
     }
