@@ -55,6 +55,7 @@ def open_chat(
     color_scheme: str = "light",
     conversation: Any = None,
     user: Any = None,
+    init_script: str | None = None,
 ) -> tuple[Any, Any, Any, list[str]]:
     """A logged-in page on a new conversation: (page, user, conversation, page errors)."""
     if user is None:
@@ -71,6 +72,8 @@ def open_chat(
         reduced_motion="reduce",
     )
     context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": stack}])
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     page.set_default_timeout(20_000)
     errors: list[str] = []
@@ -112,6 +115,20 @@ def wait_status(locator: Any, status: str) -> None:
 
 def text_of(locator: Any) -> str:
     return str(locator.locator('[data-testid="message-content"]').inner_text())
+
+
+def follow_without_gap(reply: Any, text: str) -> int:
+    """While `reply` streams, what it shows is always a start of `text` (no gap, no repeat);
+    the number of samples taken."""
+    samples = 0
+    while reply.get_attribute("data-status") == "streaming":
+        shown = text_of(reply).strip()
+        if reply.get_attribute("data-status") != "streaming":
+            break
+        assert text.startswith(shown), shown[-80:]
+        samples += 1
+        reply.page.wait_for_timeout(50)
+    return samples
 
 
 def test_a_reply_grows_as_it_streams_and_send_waits_for_it(chat, fake_llm_server, tmp_path):
@@ -230,8 +247,49 @@ def test_a_reload_in_the_middle_of_a_reply_resumes_without_gap_or_repeat(chat, f
     page.reload()
     reply = last_reply(page)
     wait_status(reply, "streaming")  # still being written, and followed
+    assert follow_without_gap(reply, LONG) > 3
     wait_status(reply, "completed")
     assert text_of(reply) == LONG
+
+
+# Keeps the page's sockets reachable, so a test can drop one as a network would.
+TRACK_SOCKETS = """
+(() => {
+  const Real = window.WebSocket;
+  const sockets = (window.__sockets = []);
+  class Tracked extends Real {
+    constructor(url, protocols) {
+      super(url, protocols);
+      sockets.push(this);
+    }
+  }
+  window.WebSocket = Tracked;
+})();
+"""
+
+
+def test_a_dropped_connection_mid_reply_reconnects_and_resumes(stack, browser, fake_llm_server):
+    fake_llm_server.clear()
+    page, _, _, errors = open_chat(stack, browser, init_script=TRACK_SOCKETS)
+    try:
+        fake_llm_server.push(Script.from_text(LONG, token_interval=0.04))
+        reply = send(page, "Keep going")
+        wait_status(reply, "streaming")
+        page.wait_for_function(
+            "el => el.textContent.length > 40",
+            arg=reply.locator('[data-testid="message-content"]').element_handle(),
+        )
+        assert page.evaluate("window.__sockets.length") == 1
+        page.evaluate("window.__sockets[0].close(4000)")  # a drop, not one of the final codes
+        page.wait_for_function("window.__sockets.length === 2")  # reconnected
+        assert follow_without_gap(reply, LONG) > 3
+        wait_status(reply, "completed")
+        assert text_of(reply) == LONG
+        status = page.locator('[data-testid="connection-status"]')
+        assert status.get_attribute("data-state") == "open"
+        assert errors == []
+    finally:
+        page.context.close()
 
 
 MARKDOWN = """# Knots
