@@ -312,8 +312,14 @@ def tie(knot):
 def test_markdown_and_code_are_rendered_sanitized_and_copyable(chat, fake_llm_server, tmp_path):
     page, _, _ = chat
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-    fake_llm_server.push(Script.from_text(MARKDOWN, token_interval=0.01))
+    fake_llm_server.push(Script.from_text(MARKDOWN, token_interval=0.04))
     reply = send(page, "Show me some Markdown")
+    # Rendered as it streams: the heading and the list show before the reply ends.
+    page.wait_for_function(
+        "el => el.dataset.status === 'streaming' && el.querySelector('.content h1')"
+        " && el.querySelector('.content li')",
+        arg=reply.element_handle(),
+    )
     wait_status(reply, "completed")
     content = reply.locator('[data-testid="message-content"]')
     assert content.locator("h1").inner_text() == "Knots"
