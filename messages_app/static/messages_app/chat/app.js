@@ -7,6 +7,8 @@ import { ChatSocket } from "./socket.js";
 import { ThreadView, TextView } from "./render.js";
 import { MarkdownView } from "./markdown.js";
 import { setupTheme, setupShortcuts, setupDrawer } from "./ui.js";
+import { Notices, limitText, banText } from "./notices.js";
+import { createControls } from "./controls.js";
 import { mountConversationList, conversationLabel } from "./conversations.js";
 import { mountCharacterGallery } from "./characters.js";
 
@@ -60,24 +62,10 @@ function newClientId() {
   return Array.from(bytes, (b) => ("0" + b.toString(16)).slice(-2)).join("");
 }
 
-function toast(message, kind) {
-  const node = document.createElement("div");
-  node.className = "toast" + (kind ? " " + kind : "");
-  node.textContent = message;
-  node.setAttribute("data-testid", "toast");
-  el.toasts.appendChild(node);
-  setTimeout(() => node.remove(), 6000);
-}
-
-function showBanner(message, kind) {
-  el.banner.querySelector(".banner-text").textContent = message;
-  el.banner.setAttribute("data-kind", kind || "");
-  el.banner.hidden = false;
-}
-
-function hideBanner() {
-  el.banner.hidden = true;
-}
+const notices = new Notices({ banner: el.banner, toasts: el.toasts });
+const toast = (message, kind) => notices.toast(message, kind);
+const showBanner = (message, kind) => notices.show(message, kind);
+const hideBanner = () => notices.hide();
 
 function isNearBottom() {
   const m = el.messages;
@@ -93,13 +81,13 @@ function scrollToBottom() {
 const thread = new ThreadView(
   el.items,
   {
-    feedback: sendFeedback,
-    report: reportMessage,
+    feedback: (entry, rating) => controls.sendFeedback(entry, rating),
+    report: (entry) => controls.reportMessage(entry),
     retry: retrySend,
-    regenerate,
-    edit: editAndResend,
-    branch: switchBranch,
-    copy: copyText,
+    regenerate: (entry) => controls.regenerate(entry),
+    edit: (entry, text) => controls.editAndResend(entry, text),
+    branch: (entry, delta) => controls.switchBranch(entry, delta),
+    copy: (text) => controls.copyText(text),
   },
   {
     contentView: (node, role) => (role === "user" ? new TextView(node) : new MarkdownView(node)),
@@ -182,24 +170,8 @@ function updateComposer() {
 
 // --- limits and bans, in plain words -------------------------------------------------------------
 
-const LIMIT_WORDS = {
-  minute: "messages per minute",
-  hour: "messages per hour",
-  day: "messages per day",
-  in_flight: "replies at once",
-  tokens: "daily token allowance",
-};
-
-function waitText(seconds) {
-  seconds = Math.max(1, Math.ceil(seconds));
-  if (seconds < 120) return seconds + " s";
-  if (seconds < 7200) return Math.ceil(seconds / 60) + " min";
-  return Math.ceil(seconds / 3600) + " h";
-}
-
 // A send was refused by a rate limit: say which, and count down until it lifts.
 function rateLimited(limit, retryAfter) {
-  const what = LIMIT_WORDS[limit] || "sending limit";
   state.limitedUntil = Date.now() + Math.max(1, retryAfter || 1) * 1000;
   if (state.limitTimer) clearInterval(state.limitTimer);
   const tick = () => {
@@ -212,10 +184,7 @@ function rateLimited(limit, retryAfter) {
       flush();
       return;
     }
-    showBanner(
-      "Slow down: you can send again in " + waitText(left) + ". You have reached your limit of " + what + ".",
-      "rate-limited",
-    );
+    showBanner(limitText(limit, left), "rate-limited");
   };
   tick();
   state.limitTimer = setInterval(tick, 1000);
@@ -225,15 +194,9 @@ function rateLimited(limit, retryAfter) {
 
 // The account is suspended: say until when and why; nothing can be sent meanwhile.
 function banned(details) {
-  details = details || {};
-  state.banned = details;
+  state.banned = details || {};
   socket.stop();
-  const when =
-    details.permanent || !details.until
-      ? "permanently"
-      : "until " + new Date(details.until).toLocaleString();
-  const why = details.reason ? " Reason: " + details.reason : "";
-  showBanner("Your account is suspended " + when + "." + why, "banned");
+  showBanner(banText(state.banned), "banned");
   setStatus("closed", "Suspended");
 }
 
@@ -262,11 +225,28 @@ const socket = new ChatSocket({
       showBanner("Your session has ended. Reload the page to log in again.");
     } else if (code === 4403) {
       if (!state.banned) banned({});
-    } else if (el.banner.getAttribute("data-kind") !== "deleted" || el.banner.hidden) {
+    } else if (notices.shown !== "deleted") {
       setStatus("closed", "Not found");
       showBanner("This conversation does not exist or is not yours.");
     }
   },
+});
+
+const controls = createControls({
+  api,
+  store,
+  socket,
+  state,
+  el,
+  thread,
+  flush,
+  canAct,
+  updateComposer,
+  loadMessages,
+  scrollToBottom,
+  toast,
+  rateLimited,
+  banned,
 });
 
 function resumeUnfinished() {
@@ -563,153 +543,6 @@ function retrySend(entry) {
   socket.send({ type: "message.send", content: entry.msg.content, client_id: entry.msg.client_id });
 }
 
-// A REST call that starts a reply was refused: say why in words.
-function refused(err, what) {
-  if (err.code === "rate_limited") rateLimited(err.details.limit, err.details.retry_after);
-  else if (err.code === "banned") banned(err.details);
-  else if (err.code === "content_blocked") toast("Blocked by the content filter: " + what + " was not sent.", "error");
-  else toast("Could not " + what + ": " + err.message, "error");
-}
-
-async function regenerate(entry) {
-  if (entry.msg.id == null || !canAct()) return;
-  try {
-    const answer = await api.regenerate(entry.msg.id);
-    if (answer && answer.assistant_message) store.upsert(answer.assistant_message);
-  } catch (err) {
-    refused(err, "write another reply");
-  }
-  flush();
-  scrollToBottom();
-}
-
-async function editAndResend(entry, text) {
-  if (entry.msg.id == null || !canAct()) return;
-  try {
-    const answer = await api.editMessage(entry.msg.id, text);
-    for (const msg of [answer.user_message, answer.assistant_message]) if (msg) store.upsert(msg);
-    thread.closeEditor(entry);
-  } catch (err) {
-    refused(err, "send the edit");
-    if (err.details && err.details.message_id != null) loadMessages(state.openToken, true);
-  }
-  flush();
-  scrollToBottom();
-}
-
-/* ‹ › on a message with siblings: show the branch through the sibling `delta` away, redrawn in
- * place (the switched message stays where it was on the screen). */
-async function switchBranch(entry, delta) {
-  const sib = entry.msg.siblings;
-  if (!sib || !state.current || store.busy()) return;
-  const target = sib.ids[sib.position - 1 + delta];
-  if (target == null) return;
-  const token = state.openToken;
-  const node = el.items.querySelector('[data-id="' + entry.msg.id + '"]');
-  const top = node ? node.getBoundingClientRect().top : null;
-  try {
-    const conv = await api.switchBranch(state.current.id, target);
-    if (token !== state.openToken) return;
-    if (conv) state.current = Object.assign({}, state.current, conv);
-    await loadMessages(token, true, { keepScroll: true });
-  } catch (err) {
-    toast("Could not switch to that alternative: " + err.message, "error");
-    return;
-  }
-  const moved = el.items.querySelector('[data-id="' + target + '"]');
-  if (moved && top !== null) el.messages.scrollTop += moved.getBoundingClientRect().top - top;
-  if (moved) {
-    const again = moved.querySelector(delta < 0 ? '[data-testid="branch-prev"]' : '[data-testid="branch-next"]');
-    if (again && document.activeElement && document.activeElement.closest(".branch")) again.focus();
-  }
-}
-
-/* The arrow keys, as in SillyTavern: swipe the last message between its alternatives; right
- * on the last reply's last alternative writes a new one. */
-function swipe(delta) {
-  const last = store.thread[store.thread.length - 1];
-  if (!last || store.busy() || !el.gallery.hidden) return; // not the chat behind the gallery
-  const sib = last.msg.siblings;
-  const position = sib ? sib.position : 1;
-  const total = sib ? sib.total : 1;
-  if (delta < 0 && position > 1) switchBranch(last, -1);
-  else if (delta > 0 && position < total) switchBranch(last, 1);
-  else if (delta > 0 && last.msg.role === "assistant" && last.msg.parent_id != null) regenerate(last);
-}
-
-function stopReply() {
-  const entry = store.activeReply();
-  if (!entry || state.stopping) return;
-  const gen = entry.msg.generation_id;
-  if (gen == null) return;
-  state.stopping = true;
-  updateComposer();
-  if (!socket.send({ type: "generation.cancel", generation_id: gen })) {
-    api.cancelGeneration(gen).then(
-      (answer) => {
-        if (answer && answer.message) store.ended({ generation_id: gen, message: answer.message }, "cancelled");
-        state.stopping = false;
-        flush();
-      },
-      (err) => {
-        state.stopping = false;
-        if (err.code !== "already_finished") toast("Could not stop the reply: " + err.message, "error");
-        flush();
-      },
-    );
-  }
-}
-
-async function copyText(text) {
-  try {
-    await navigator.clipboard.writeText(text);
-  } catch (e) {
-    // No clipboard API (an insecure origin): the old way.
-    const area = document.createElement("textarea");
-    area.value = text;
-    area.setAttribute("readonly", "");
-    area.style.position = "fixed";
-    area.style.opacity = "0";
-    document.body.appendChild(area);
-    area.select();
-    document.execCommand("copy");
-    area.remove();
-  }
-  toast("Copied");
-}
-
-async function sendFeedback(entry, rating) {
-  if (entry.msg.id == null) return;
-  try {
-    await api.feedback(entry.msg.id, rating);
-    entry.rating = rating;
-    store.touch(entry);
-    flush();
-  } catch (err) {
-    toast("Could not save feedback: " + err.message, "error");
-  }
-}
-
-async function reportMessage(entry) {
-  if (entry.msg.id == null) return;
-  const reason = window.prompt("Why are you reporting this reply?");
-  if (reason == null || !reason.trim()) return;
-  try {
-    await api.report(entry.msg.id, reason.trim());
-    entry.reported = true;
-    toast("Thank you: the moderators will review this reply.");
-  } catch (err) {
-    if (err.code === "already_reported") {
-      entry.reported = true;
-      toast("You have already reported this reply.");
-    } else {
-      toast("Could not send the report: " + err.message, "error");
-    }
-  }
-  store.touch(entry);
-  flush();
-}
-
 // --- sidebar modules -------------------------------------------------------------------------------
 
 const conversations = mountConversationList(el.nav, {
@@ -751,9 +584,9 @@ el.items.addEventListener("click", (event) => {
   const button = event.target.closest && event.target.closest(".copy-code");
   if (!button) return;
   const pre = button.closest(".code-block").querySelector("pre");
-  if (pre) copyText(pre.textContent.replace(/\n$/, ""));
+  if (pre) controls.copyText(pre.textContent.replace(/\n$/, ""));
 });
-el.stop.addEventListener("click", stopReply);
+el.stop.addEventListener("click", () => controls.stopReply());
 setupTheme(document.getElementById("theme-toggle"));
 const drawer = setupDrawer(document.getElementById("sidebar-toggle"), document.getElementById("sidebar"));
 setupShortcuts({
@@ -762,14 +595,13 @@ setupShortcuts({
   composer: el.composer,
   stop: () => {
     if (store.activeReply()) {
-      stopReply();
+      controls.stopReply();
       return true;
     }
     return false;
   },
-  swipe,
+  swipe: (delta) => controls.swipe(delta),
 });
-el.banner.querySelector(".banner-close").addEventListener("click", hideBanner);
 el.composerForm.addEventListener("submit", (event) => {
   event.preventDefault();
   sendMessage();
