@@ -460,3 +460,30 @@ def test_a_phone_screen_shows_the_message_box_without_scrolling(
         assert errors == []
     finally:
         page.context.close()
+
+
+NAMELESS = """
+() => Array.from(document.querySelectorAll('button, textarea, input, select, summary, a[href]'))
+  .filter((el) => el.offsetParent !== null)
+  .filter((el) => {
+    const labelled = el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+      || (el.labels && el.labels.length) || el.getAttribute('title');
+    return !labelled && !(el.textContent || '').trim() && !el.getAttribute('placeholder');
+  })
+  .map((el) => el.outerHTML.slice(0, 120))
+"""
+
+
+def test_every_control_has_a_name_and_the_keyboard_focus_shows(chat, fake_llm_server):
+    page, _, _ = chat
+    fake_llm_server.push(Script.from_text("Named and focused."))
+    wait_status(send(page, "Hello"), "completed")
+    assert page.evaluate(NAMELESS) == []
+    page.locator('[data-testid="composer"]').focus()
+    for _ in range(6):
+        page.keyboard.press("Shift+Tab")
+        outline = page.evaluate(
+            "(() => { const s = getComputedStyle(document.activeElement);"
+            " return [document.activeElement.tagName, s.outlineStyle, s.outlineWidth]; })()"
+        )
+        assert outline[1] != "none" and outline[2] != "0px", outline
