@@ -92,6 +92,7 @@ const thread = new ThreadView(
   {
     contentView: (node, role) => (role === "user" ? new TextView(node) : new MarkdownView(node)),
     canAct,
+    busy: () => store.busy(),
   },
 );
 let renderedVersion = -1;

@@ -162,12 +162,13 @@ export class ThreadView {
    * feedback(entry, rating), report(entry), retry(entry) (a send that failed), regenerate(entry)
    * (also Retry of a failed reply), edit(entry, text), branch(entry, delta), copy(text).
    * `contentView(node, role)` makes the view of a message's text. `canAct()` says whether
-   * controls that start a reply are usable now. */
-  constructor(container, actions, { contentView, canAct } = {}) {
+   * controls that start a reply are usable now; `busy()` whether a reply is being written. */
+  constructor(container, actions, { contentView, canAct, busy } = {}) {
     this.container = container;
     this.actions = actions;
     this.contentView = contentView || ((node) => new TextView(node));
     this.canAct = canAct || (() => true);
+    this.busy = busy || (() => false); // a reply is being written: the branch stays put
     this.views = new Map(); // entry key -> view
     this.lastReplyKey = null;
     this.avatar = null; // the character's picture beside its messages, when it has one
@@ -398,8 +399,9 @@ export class ThreadView {
     if (many) {
       view.label.textContent = sib.position + "/" + sib.total;
       view.label.setAttribute("aria-label", "Alternative " + sib.position + " of " + sib.total);
-      view.prev.disabled = sib.position <= 1 || live;
-      view.next.disabled = sib.position >= sib.total || live;
+      const hold = live || this.busy();
+      view.prev.disabled = sib.position <= 1 || hold;
+      view.next.disabled = sib.position >= sib.total || hold;
     }
     view.status.textContent = statusWords(entry);
     view.meta.textContent = formatTime(msg.created_at);
