@@ -487,3 +487,40 @@ def test_every_control_has_a_name_and_the_keyboard_focus_shows(chat, fake_llm_se
             " return [document.activeElement.tagName, s.outlineStyle, s.outlineWidth]; })()"
         )
         assert outline[1] != "none" and outline[2] != "0px", outline
+
+
+def test_older_messages_load_above_and_keep_the_place(stack, browser):
+    user: Any = UserFactory(username=f"older-{time.monotonic_ns()}")
+    character: Any = CharacterFactory(name="Captain Long", greeting="Ahoy!")
+    conversation = conversation_create(owner=user, character=character)
+    parent: Any = conversation.active_leaf  # the greeting
+    for i in range(60):
+        parent = Message.objects.create(
+            conversation=conversation,
+            parent=parent,
+            depth=parent.depth + 1,
+            role="user" if i % 2 == 0 else "assistant",
+            content=f"Line {i}",
+            status="completed",
+        )
+    conversation.active_leaf = parent
+    conversation.save(update_fields=["active_leaf"])
+    page, _, _, errors = open_chat(stack, browser, conversation=conversation, user=user)
+    try:
+        assert page.locator(MESSAGE).count() == 50
+        assert text_of(page.locator(MESSAGE).last) == "Line 59"
+        older = page.locator('[data-testid="load-older"]')
+        older.scroll_into_view_if_needed()
+        first = page.locator(MESSAGE, has_text="Line 10").first
+        top = first.bounding_box()["y"]
+        older.click()
+        page.wait_for_function(
+            "([s, n]) => document.querySelectorAll(s).length === n", arg=[MESSAGE, 61]
+        )
+        assert text_of(page.locator(MESSAGE).first) == "Ahoy!"
+        # What was on the screen stays where it was; the older messages are above it.
+        assert abs(first.bounding_box()["y"] - top) < 40
+        assert older.is_hidden()
+        assert errors == []
+    finally:
+        page.context.close()
