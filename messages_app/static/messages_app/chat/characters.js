@@ -1,0 +1,767 @@
+/* The character gallery: cards with avatar, name, description and greeting; "Chat" starts a
+ * conversation; a dialog creates and edits characters (with the model settings the server
+ * allows, its validation errors shown by field, and an avatar upload); cards import from a
+ * PNG or JSON file (file input or drag and drop) and export as PNG and JSON.
+ *
+ * Every server string goes into the DOM as text (textContent, attributes), never as HTML.
+ */
+
+// --- small DOM helpers, shared with conversations.js -----------------------------------------
+
+/** An element with attributes (null/undefined/false skipped) and children (strings are text). */
+export function h(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+/** library.css, once, next to this module (the page may also link it in its template). */
+export function ensureLibraryStyles() {
+  const href = new URL("./library.css", import.meta.url).href;
+  for (const link of document.querySelectorAll('link[rel="stylesheet"]')) {
+    if (link.href === href) return;
+  }
+  document.head.appendChild(h("link", { rel: "stylesheet", href }));
+}
+
+function hue(text) {
+  let n = 0;
+  for (const ch of text) n = (n * 31 + ch.codePointAt(0)) % 360;
+  return n;
+}
+
+/** An avatar: the character's image, or its initial on a colour taken from its name. */
+export function avatarElement(character, className) {
+  const name = (character && character.name) || "?";
+  const wrap = h("span", { class: `lib-avatar ${className || ""}`.trim(), "aria-hidden": "true" });
+  if (character && character.avatar_url) {
+    const img = h("img", { src: character.avatar_url, alt: "", loading: "lazy", decoding: "async" });
+    img.addEventListener("error", () => {
+      img.remove();
+      wrap.classList.add("lib-avatar-letter");
+      wrap.textContent = initial(name);
+    }, { once: true });
+    wrap.append(img);
+  } else {
+    wrap.classList.add("lib-avatar-letter");
+    wrap.style.setProperty("--avatar-hue", String(hue(name)));
+    wrap.textContent = initial(name);
+  }
+  return wrap;
+}
+
+function initial(name) {
+  const first = Array.from(name.trim())[0];
+  return first ? first.toLocaleUpperCase() : "?";
+}
+
+function errorText(err) {
+  return (err && err.message) || "Something went wrong.";
+}
+
+function pageOf(data) {
+  if (Array.isArray(data)) return { results: data, next: null };
+  return { results: (data && data.results) || [], next: (data && data.next) || null };
+}
+
+let uid = 0;
+function nextId(prefix) {
+  uid += 1;
+  return `${prefix}-${uid}`;
+}
+
+// --- the editor's fields ---------------------------------------------------------------------
+
+const PROVIDERS = [
+  ["", "Service default"],
+  ["lmstudio", "LM Studio (OpenAI-compatible)"],
+  ["openai_compatible", "OpenAI-compatible"],
+  ["openai", "OpenAI"],
+  ["anthropic", "Anthropic"],
+];
+
+// [field, label, kind, hint]
+const TEXT_FIELDS = [
+  ["description", "Description", "textarea", "Shown on the card. Also part of the prompt."],
+  ["persona", "Persona", "textarea", "Who the character is."],
+  ["personality", "Personality", "textarea", "A short summary of temperament."],
+  ["scenario", "Scenario", "textarea", "Where and when the conversation takes place."],
+  ["greeting", "Greeting", "textarea", "The first message of every new conversation."],
+];
+const PROMPT_FIELDS = [
+  ["example_dialogue", "Example dialogue", "textarea", "How the character talks, e.g. <START> {{user}}: … {{char}}: …"],
+  ["system_prompt", "System prompt", "textarea", "Instructions for the model. Empty: the default."],
+];
+
+// --- the gallery -----------------------------------------------------------------------------
+
+/**
+ * Mount the gallery into `sectionEl`.
+ * options: { api, onStartChat(characterId), onClose() }
+ * returns { open(), refresh(), close() }
+ */
+export function mountCharacterGallery(sectionEl, options) {
+  const { api, onStartChat, onClose } = options;
+  ensureLibraryStyles();
+
+  const state = {
+    items: new Map(), // id -> character, in the server's order
+    next: null,
+    loaded: false,
+    loading: null,
+    allowedProviders: null,
+    allowedModels: null,
+  };
+
+  sectionEl.textContent = "";
+  sectionEl.classList.add("cg");
+  const headingId = nextId("cg-heading");
+  const heading = h("h2", { id: headingId, class: "cg-title", tabindex: "-1" }, "Characters");
+  if (!sectionEl.hasAttribute("aria-labelledby") && !sectionEl.hasAttribute("aria-label")) {
+    sectionEl.setAttribute("aria-labelledby", headingId);
+  }
+
+  const newButton = h("button", { type: "button", class: "primary", "data-testid": "character-new" }, "New character");
+  const fileInput = h("input", {
+    type: "file",
+    id: nextId("cg-import"),
+    class: "visually-hidden",
+    accept: ".png,.json,image/png,application/json",
+    "data-testid": "character-import",
+  });
+  const importButton = h("button", { type: "button", "data-testid": "character-import-button" }, "Import card…");
+  const closeButton = h("button", { type: "button", class: "cg-close", "data-testid": "character-gallery-close" }, "Back to chat");
+  const importStatus = h("p", { class: "cg-import-status", role: "status", "data-testid": "character-import-status" });
+  const importError = h("div", { class: "cg-import-error", role: "alert", "data-testid": "character-import-error", hidden: "" });
+  const dropHint = h("p", { class: "cg-drop-hint" },
+    "Import a character card (PNG or JSON, V1/V2/V3) with the button above, or drop the file here.");
+  const grid = h("ul", { class: "cg-grid", "data-testid": "character-grid", "aria-labelledby": headingId });
+  const empty = h("p", { class: "cg-empty muted", hidden: "" }, "No characters yet. Create one, or import a card.");
+  const more = h("button", { type: "button", class: "link-button cg-more", hidden: "" }, "Load more");
+  const listStatus = h("p", { class: "cg-status", role: "status" });
+
+  sectionEl.append(
+    h("header", { class: "cg-header" },
+      heading,
+      h("div", { class: "cg-toolbar" },
+        newButton,
+        h("label", { for: fileInput.id, class: "visually-hidden" }, "Import a character card (PNG or JSON)"),
+        fileInput,
+        importButton,
+        closeButton)),
+    dropHint,
+    importError,
+    importStatus,
+    listStatus,
+    grid,
+    empty,
+    more,
+  );
+
+  // --- cards ---------------------------------------------------------------------------------
+
+  function cardElement(character) {
+    const nameId = nextId("cg-name");
+    const chat = h("button", { type: "button", class: "primary", "data-testid": "character-chat", "aria-describedby": nameId }, "Chat");
+    chat.addEventListener("click", async () => {
+      chat.disabled = true;
+      try {
+        await onStartChat(character.id);
+      } finally {
+        chat.disabled = false;
+      }
+    });
+    const actions = [chat];
+    if (character.is_owner) {
+      const edit = h("button", { type: "button", "data-testid": "character-edit", "aria-describedby": nameId }, "Edit");
+      edit.addEventListener("click", () => editor.open(character, edit));
+      actions.push(edit);
+      actions.push(exportLink(character, "png", "PNG", nameId));
+      actions.push(exportLink(character, "json", "JSON", nameId));
+    }
+    const greeting = character.greeting || "";
+    const alternates = (character.alternate_greetings || []).length;
+    const badges = [];
+    if (character.is_owner && character.approval && character.approval !== "approved") {
+      badges.push(h("span", { class: `cg-badge cg-badge-${character.approval}` },
+        character.approval === "pending" ? "Awaiting review" : "Not approved"));
+    }
+    if (character.is_public) badges.push(h("span", { class: "cg-badge" }, "Public"));
+    return h("li", { class: "cg-card", "data-testid": "character-card", "data-id": String(character.id) },
+      h("div", { class: "cg-card-head" },
+        avatarElement(character, "cg-avatar"),
+        h("div", { class: "cg-card-names" },
+          h("h3", { class: "cg-name", id: nameId, "data-testid": "character-name" }, character.name),
+          badges.length ? h("div", { class: "cg-badges" }, badges) : null)),
+      character.description
+        ? h("p", { class: "cg-description", "data-testid": "character-description" }, character.description)
+        : null,
+      greeting
+        ? h("blockquote", { class: "cg-greeting", "data-testid": "character-greeting" },
+          h("span", { class: "visually-hidden" }, "Greeting: "), greeting)
+        : null,
+      alternates ? h("p", { class: "cg-alternates muted" },
+        `+ ${alternates} alternate greeting${alternates === 1 ? "" : "s"}`) : null,
+      h("div", { class: "cg-actions" }, actions));
+  }
+
+  function exportLink(character, format, label, nameId) {
+    const href = api.exportCardUrl(character.id, format);
+    return h("a", {
+      class: "button cg-export",
+      href,
+      download: "",
+      "data-testid": `character-export-${format}`,
+      "aria-describedby": nameId,
+      title: `Download as a ${label} character card`,
+    }, `Export ${label}`);
+  }
+
+  function render() {
+    const focused = document.activeElement;
+    const card = focused && grid.contains(focused) ? focused.closest("[data-id]") : null;
+    const focus = card ? { id: card.getAttribute("data-id"), testid: focused.getAttribute("data-testid") } : null;
+    grid.textContent = "";
+    for (const character of state.items.values()) grid.append(cardElement(character));
+    empty.hidden = !state.loaded || state.items.size > 0;
+    more.hidden = !state.next;
+    if (focus) focusCard(focus.id, focus.testid);
+  }
+
+  function focusCard(id, testid = "character-chat") {
+    const node = grid.querySelector(`[data-id="${CSS.escape(String(id))}"] [data-testid="${testid}"]`)
+      || grid.querySelector(`[data-id="${CSS.escape(String(id))}"] [data-testid="character-chat"]`);
+    if (node) node.focus();
+    return !!node;
+  }
+
+  function put(character, { first = false } = {}) {
+    if (first && !state.items.has(character.id)) {
+      const rest = Array.from(state.items.entries());
+      state.items = new Map([[character.id, character], ...rest]);
+    } else {
+      state.items.set(character.id, character);
+    }
+  }
+
+  async function load({ append = false } = {}) {
+    sectionEl.setAttribute("aria-busy", "true");
+    try {
+      const data = pageOf(await api.listCharacters({ cursor: append ? state.next : undefined }));
+      if (!append) state.items.clear();
+      for (const character of data.results) put(character);
+      state.next = data.next;
+      state.loaded = true;
+      listStatus.textContent = "";
+      render();
+    } catch (err) {
+      listStatus.textContent = `Couldn't load characters: ${errorText(err)}`;
+    } finally {
+      sectionEl.removeAttribute("aria-busy");
+    }
+  }
+
+  function refresh() {
+    state.loading = load();
+    return state.loading;
+  }
+
+  more.addEventListener("click", () => load({ append: true }));
+
+  // --- import --------------------------------------------------------------------------------
+
+  async function importFile(file) {
+    if (!file) return;
+    importError.hidden = true;
+    importError.textContent = "";
+    importStatus.textContent = `Importing “${file.name}”…`;
+    importButton.disabled = true;
+    try {
+      const character = await api.importCard(file);
+      put(character, { first: true });
+      state.loaded = true;
+      render();
+      importStatus.textContent = `Imported “${character.name}”.`;
+      const card = grid.querySelector(`[data-id="${CSS.escape(String(character.id))}"]`);
+      if (card) {
+        card.classList.add("cg-card-new");
+        card.scrollIntoView({ block: "nearest" });
+        focusCard(character.id);
+      }
+    } catch (err) {
+      importStatus.textContent = "";
+      importError.textContent = "";
+      importError.append(
+        h("strong", null, `Couldn't import “${file.name}”.`), " ",
+        h("span", { "data-testid": "character-import-error-message" }, errorText(err)));
+      if (err && err.code) importError.setAttribute("data-code", err.code);
+      importError.hidden = false;
+    } finally {
+      importButton.disabled = false;
+      fileInput.value = "";
+    }
+  }
+
+  importButton.addEventListener("click", () => fileInput.click());
+  fileInput.addEventListener("change", () => importFile(fileInput.files && fileInput.files[0]));
+
+  let dragDepth = 0;
+  function hasFiles(event) {
+    return event.dataTransfer && Array.from(event.dataTransfer.types || []).includes("Files");
+  }
+  sectionEl.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth += 1;
+    sectionEl.classList.add("cg-dragging");
+  });
+  sectionEl.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  sectionEl.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) sectionEl.classList.remove("cg-dragging");
+  });
+  sectionEl.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    sectionEl.classList.remove("cg-dragging");
+    importFile(event.dataTransfer.files[0]);
+  });
+
+  // --- open and close ------------------------------------------------------------------------
+
+  let returnFocus = null;
+  function open() {
+    returnFocus = document.activeElement instanceof HTMLElement ? document.activeElement : null;
+    sectionEl.hidden = false;
+    heading.focus();
+    if (!state.loaded && !state.loading) refresh();
+    else if (state.loaded) refresh();
+  }
+  function close() {
+    if (editor.isOpen()) editor.close();
+    sectionEl.hidden = true;
+    if (onClose) onClose();
+    if (returnFocus && returnFocus.isConnected && !returnFocus.closest("[hidden]")) returnFocus.focus();
+    returnFocus = null;
+  }
+  closeButton.addEventListener("click", close);
+  sectionEl.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !event.defaultPrevented && !editor.isOpen()) {
+      event.preventDefault();
+      close();
+    }
+  });
+
+  const editor = createEditor({
+    api,
+    state,
+    onSaved(character, created) {
+      put(character, { first: created });
+      state.loaded = true;
+      render();
+      listStatus.textContent = created ? `Created “${character.name}”.` : `Saved “${character.name}”.`;
+    },
+    onDeleted(id) {
+      state.items.delete(id);
+      render();
+      listStatus.textContent = "Character deleted.";
+      heading.focus();
+    },
+    afterClose(id) {
+      if (id == null || !focusCard(id, "character-edit")) newButton.focus();
+    },
+  });
+  newButton.addEventListener("click", () => editor.open(null, newButton));
+
+  if (!sectionEl.hidden) refresh();
+  return { open, refresh, close };
+}
+
+// --- the editor dialog -----------------------------------------------------------------------
+
+function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
+  const titleId = nextId("cg-editor-title");
+  const title = h("h2", { id: titleId, class: "cg-editor-title" }, "New character");
+  const formError = h("div", { class: "cg-form-error", role: "alert", "data-testid": "character-form-error", hidden: "" });
+  const form = h("form", { class: "cg-form", novalidate: "" });
+  const dialog = h("dialog", {
+    class: "cg-editor lib-dialog",
+    "aria-labelledby": titleId,
+    "data-testid": "character-editor",
+  }, form);
+  document.body.appendChild(dialog);
+
+  const fields = {}; // name -> input element
+  const errors = {}; // name -> error element
+
+  function field(name, label, kind, hint, attrs = {}) {
+    const id = nextId(`cg-${name}`);
+    const errorId = `${id}-error`;
+    const hintId = hint ? `${id}-hint` : null;
+    const testid = `character-field-${name}`;
+    let input;
+    if (kind === "textarea") input = h("textarea", { id, name, rows: 3, "data-testid": testid, ...attrs });
+    else if (kind === "select") {
+      input = h("select", { id, name, "data-testid": testid },
+        attrs.options.map(([value, text]) => h("option", { value }, text)));
+    } else input = h("input", { id, name, type: kind, "data-testid": testid, ...attrs });
+    input.setAttribute("aria-describedby", [hintId, errorId].filter(Boolean).join(" "));
+    fields[name] = input;
+    errors[name] = h("p", { id: errorId, class: "cg-field-error", "data-testid": `character-error-${name}`, hidden: "" });
+    return h("div", { class: `cg-field cg-field-${name}` },
+      h("label", { for: id }, label),
+      hint ? h("p", { id: hintId, class: "cg-hint" }, hint) : null,
+      input,
+      errors[name]);
+  }
+
+  // The avatar: a file input with a preview.
+  const avatarId = nextId("cg-avatar");
+  const avatarInput = h("input", {
+    type: "file",
+    id: avatarId,
+    name: "avatar",
+    accept: "image/png,image/jpeg,image/webp,image/gif",
+    "data-testid": "character-avatar-input",
+    "aria-describedby": `${avatarId}-hint ${avatarId}-error`,
+  });
+  const avatarPreview = h("span", { class: "cg-avatar-preview", "data-testid": "character-avatar-preview" });
+  errors.avatar = h("p", { id: `${avatarId}-error`, class: "cg-field-error", "data-testid": "character-error-avatar", hidden: "" });
+  const avatarField = h("div", { class: "cg-field cg-field-avatar" },
+    avatarPreview,
+    h("div", null,
+      h("label", { for: avatarId }, "Avatar"),
+      h("p", { id: `${avatarId}-hint`, class: "cg-hint" }, "PNG, JPEG, WebP or GIF; shown at most 512 × 512."),
+      avatarInput,
+      errors.avatar));
+  let avatarFile = null;
+  let previewUrl = null;
+  avatarInput.addEventListener("change", () => {
+    avatarFile = (avatarInput.files && avatarInput.files[0]) || null;
+    setError("avatar", null);
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = avatarFile ? URL.createObjectURL(avatarFile) : null;
+    showPreview(previewUrl ? { name: fields.name.value, avatar_url: previewUrl } : editing);
+  });
+  function showPreview(character) {
+    avatarPreview.textContent = "";
+    avatarPreview.append(avatarElement(character || { name: fields.name.value || "?" }, "cg-avatar-large"));
+  }
+
+  // Alternate greetings: a list of textareas, added and removed.
+  const altList = h("ol", { class: "cg-alternates-list", "data-testid": "character-alternate-greetings" });
+  const altAdd = h("button", { type: "button", "data-testid": "character-alternate-add" }, "Add alternate greeting");
+  errors.alternate_greetings = h("p", { class: "cg-field-error", "data-testid": "character-error-alternate_greetings", hidden: "" });
+  function addAlternate(text = "", focus = false) {
+    const index = altList.children.length + 1;
+    const id = nextId("cg-alt");
+    const area = h("textarea", { id, rows: 2, class: "cg-alternate", "data-testid": "character-alternate" });
+    area.value = text;
+    const remove = h("button", { type: "button", class: "link-button", "data-testid": "character-alternate-remove" }, "Remove");
+    const li = h("li", { class: "cg-alternate-item" },
+      h("label", { for: id }, `Alternate greeting ${index}`), area, remove);
+    remove.setAttribute("aria-label", `Remove alternate greeting ${index}`);
+    remove.addEventListener("click", () => {
+      const next = li.nextElementSibling || li.previousElementSibling;
+      li.remove();
+      renumberAlternates();
+      const target = next ? next.querySelector("textarea") : altAdd;
+      target.focus();
+    });
+    altList.append(li);
+    if (focus) area.focus();
+  }
+  function renumberAlternates() {
+    Array.from(altList.children).forEach((li, i) => {
+      li.querySelector("label").textContent = `Alternate greeting ${i + 1}`;
+      li.querySelector("button").setAttribute("aria-label", `Remove alternate greeting ${i + 1}`);
+    });
+  }
+  altAdd.addEventListener("click", () => addAlternate("", true));
+
+  // Model settings: the provider is one of the server's choices; the model a free name.
+  const providerField = field("provider", "Provider", "select", null, { options: PROVIDERS });
+  const providerSelect = fields.provider;
+  const modelList = h("datalist", { id: nextId("cg-models") });
+
+  const saveButton = h("button", { type: "submit", class: "primary", "data-testid": "character-save" }, "Save");
+  const cancelButton = h("button", { type: "button", "data-testid": "character-cancel" }, "Cancel");
+  const deleteButton = h("button", { type: "button", class: "danger cg-delete", "data-testid": "character-delete" }, "Delete character");
+  const closeX = h("button", { type: "button", class: "cg-editor-x", "aria-label": "Close" }, "×");
+
+  form.append(
+    h("div", { class: "cg-editor-head" }, title, closeX),
+    formError,
+    h("div", { class: "cg-editor-body" },
+      h("div", { class: "cg-row" },
+        avatarField,
+        field("name", "Name", "text", null, { required: "", maxlength: "100", autocomplete: "off" })),
+      TEXT_FIELDS.map(([name, label, kind, hint]) => field(name, label, kind, hint)),
+      h("fieldset", { class: "cg-fieldset" },
+        h("legend", null, "Alternate greetings"),
+        h("p", { class: "cg-hint" }, "A new conversation offers these as swipes of the first message."),
+        altList, altAdd, errors.alternate_greetings),
+      PROMPT_FIELDS.map(([name, label, kind, hint]) => field(name, label, kind, hint, { rows: 4 })),
+      h("fieldset", { class: "cg-fieldset cg-model" },
+        h("legend", null, "Model settings"),
+        h("p", { class: "cg-hint", "data-testid": "character-allowed" }, "Empty fields use the service's defaults."),
+        h("div", { class: "cg-grid-2" },
+          providerField,
+          field("model", "Model", "text", null, { list: modelList.id, maxlength: "200", autocomplete: "off" }),
+          field("temperature", "Temperature", "number", "0 to 2", { min: "0", max: "2", step: "0.05", inputmode: "decimal" }),
+          field("max_tokens", "Max tokens", "number", "Longest reply", { min: "1", step: "1", inputmode: "numeric" })),
+        modelList),
+      h("details", { class: "cg-details" },
+        h("summary", null, "Card details"),
+        field("creator_notes", "Creator notes", "textarea", "Notes for people who use the card; not sent to the model."),
+        field("tags", "Tags", "text", "Separated by commas."),
+        h("div", { class: "cg-grid-2" },
+          field("creator", "Creator", "text", null, { maxlength: "200" }),
+          field("character_version", "Version", "text", null, { maxlength: "100" }))),
+      h("div", { class: "cg-field cg-check" },
+        fields.is_public = h("input", { type: "checkbox", id: nextId("cg-public"), name: "is_public", "data-testid": "character-field-is_public" }),
+        h("label", { for: fields.is_public.id }, "Public: other users can chat with it once a moderator approves it"),
+        errors.is_public = h("p", { class: "cg-field-error", hidden: "" }))),
+    h("div", { class: "lib-dialog-actions" }, deleteButton, h("span", { class: "spacer" }), cancelButton, saveButton),
+  );
+
+  let editing = null; // the character being edited, or null for a new one
+  let trigger = null;
+  let confirmingDelete = false;
+
+  function setError(name, messages) {
+    const node = errors[name];
+    const input = fields[name] || (name === "avatar" ? avatarInput : null);
+    const text = Array.isArray(messages) ? messages.join(" ") : messages ? String(messages) : "";
+    if (!node) return false;
+    node.textContent = text;
+    node.hidden = !text;
+    if (input) {
+      if (text) input.setAttribute("aria-invalid", "true");
+      else input.removeAttribute("aria-invalid");
+    }
+    return true;
+  }
+
+  function clearErrors() {
+    for (const name of Object.keys(errors)) setError(name, null);
+    formError.hidden = true;
+    formError.textContent = "";
+  }
+
+  function showFormError(text) {
+    formError.textContent = text;
+    formError.hidden = false;
+  }
+
+  function providerLabel(value) {
+    const known = PROVIDERS.find(([v]) => v === value);
+    return known ? known[1] : value;
+  }
+
+  function applyAllowed() {
+    const hint = dialog.querySelector('[data-testid="character-allowed"]');
+    const parts = ["Empty fields use the service's defaults."];
+    if (state.allowedProviders) {
+      for (const option of providerSelect.options) {
+        option.disabled = !state.allowedProviders.includes(option.value) && option.value !== (editing && editing.provider);
+      }
+      parts.push(`Allowed providers: ${state.allowedProviders.map(providerLabel).join(", ")}.`);
+    }
+    if (state.allowedModels) {
+      modelList.textContent = "";
+      for (const m of state.allowedModels) if (m) modelList.append(h("option", { value: m }));
+      const names = state.allowedModels.map((m) => m || "the default");
+      parts.push(`Allowed models: ${names.join(", ")}.`);
+    }
+    hint.textContent = parts.join(" ");
+  }
+
+  function fill(character) {
+    const c = character || {};
+    for (const [name, input] of Object.entries(fields)) {
+      if (name === "is_public") input.checked = !!c.is_public;
+      else if (name === "tags") input.value = (c.tags || []).join(", ");
+      else if (name === "temperature" || name === "max_tokens") input.value = c[name] == null ? "" : String(c[name]);
+      else input.value = c[name] == null ? "" : String(c[name]);
+    }
+    altList.textContent = "";
+    for (const text of c.alternate_greetings || []) addAlternate(text);
+    avatarFile = null;
+    avatarInput.value = "";
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    showPreview(character);
+  }
+
+  function collect() {
+    const data = {};
+    for (const [name, input] of Object.entries(fields)) {
+      if (name === "is_public") data[name] = input.checked;
+      else if (name === "tags") data[name] = input.value.split(",").map((t) => t.trim()).filter(Boolean);
+      else if (name === "temperature") data[name] = input.value === "" ? null : Number(input.value);
+      else if (name === "max_tokens") data[name] = input.value === "" ? null : Math.trunc(Number(input.value));
+      else if (name === "name") data[name] = input.value.trim();
+      else data[name] = input.value;
+    }
+    data.alternate_greetings = Array.from(altList.querySelectorAll("textarea"))
+      .map((area) => area.value)
+      .filter((text) => text.trim());
+    return data;
+  }
+
+  function open(character, from) {
+    editing = character || null;
+    trigger = from || null;
+    confirmingDelete = false;
+    clearErrors();
+    title.textContent = editing ? `Edit “${editing.name}”` : "New character";
+    deleteButton.hidden = !editing;
+    deleteButton.textContent = "Delete character";
+    saveButton.textContent = editing ? "Save" : "Create";
+    saveButton.disabled = false;
+    fill(editing);
+    applyAllowed();
+    dialog.showModal();
+    fields.name.focus();
+  }
+
+  function close() {
+    if (dialog.open) dialog.close();
+  }
+
+  dialog.addEventListener("close", () => {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    const id = editing ? editing.id : null;
+    editing = null;
+    if (trigger && trigger.isConnected) trigger.focus();
+    else afterClose(id);
+    trigger = null;
+  });
+  // Escape closes the dialog (the browser's `cancel`); it must not also close the gallery.
+  dialog.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") event.stopPropagation();
+  });
+  cancelButton.addEventListener("click", close);
+  closeX.addEventListener("click", close);
+
+  function learnAllowed(details) {
+    if (Array.isArray(details.allowed_providers)) state.allowedProviders = details.allowed_providers.map(String);
+    if (Array.isArray(details.allowed_models)) state.allowedModels = details.allowed_models.map(String);
+    applyAllowed();
+  }
+
+  function showServerErrors(err) {
+    const details = (err && err.details) || {};
+    learnAllowed(details);
+    let first = null;
+    const unplaced = [];
+    for (const [name, messages] of Object.entries(details)) {
+      if (name === "allowed_providers" || name === "allowed_models") continue;
+      if (name === "non_field_errors" || name === "detail") {
+        unplaced.push([].concat(messages).join(" "));
+        continue;
+      }
+      const text = Array.isArray(messages) || typeof messages !== "object"
+        ? [].concat(messages).map(String).join(" ")
+        : Object.values(messages).flat().map(String).join(" ");
+      if (setError(name, text)) {
+        if (!first) first = fields[name] || (name === "alternate_greetings" ? altAdd : null);
+      } else {
+        unplaced.push(`${name}: ${text}`);
+      }
+    }
+    const summary = err && err.code === "invalid" ? "Please correct the fields marked below." : errorText(err);
+    showFormError([summary, ...unplaced].join(" "));
+    if (first) {
+      const details = first.closest("details");
+      if (details) details.open = true;
+      first.focus();
+    } else {
+      formError.setAttribute("tabindex", "-1");
+      formError.focus();
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors();
+    const data = collect();
+    if (!data.name) {
+      setError("name", "A character needs a name.");
+      showFormError("Please correct the fields marked below.");
+      fields.name.focus();
+      return;
+    }
+    saveButton.disabled = true;
+    const created = !editing;
+    let character;
+    try {
+      character = created ? await api.createCharacter(data) : await api.updateCharacter(editing.id, data);
+    } catch (err) {
+      saveButton.disabled = false;
+      showServerErrors(err);
+      return;
+    }
+    editing = character;
+    if (avatarFile) {
+      try {
+        character = (await api.uploadAvatar(character.id, avatarFile)) || character;
+        editing = character;
+      } catch (err) {
+        // The character is saved; only its picture was refused: stay open on it.
+        onSaved(character, created);
+        saveButton.disabled = false;
+        title.textContent = `Edit “${character.name}”`;
+        saveButton.textContent = "Save";
+        deleteButton.hidden = false;
+        setError("avatar", errorText(err));
+        showFormError(`“${character.name}” was saved, but its avatar was not: ${errorText(err)}`);
+        avatarInput.focus();
+        return;
+      }
+    }
+    saveButton.disabled = false;
+    onSaved(character, created);
+    close();
+  });
+
+  deleteButton.addEventListener("click", async () => {
+    if (!editing) return;
+    if (!confirmingDelete) {
+      confirmingDelete = true;
+      deleteButton.textContent = `Really delete “${editing.name}”?`;
+      return;
+    }
+    deleteButton.disabled = true;
+    try {
+      await api.deleteCharacter(editing.id);
+    } catch (err) {
+      deleteButton.disabled = false;
+      showFormError(`Couldn't delete: ${errorText(err)}`);
+      return;
+    }
+    deleteButton.disabled = false;
+    const id = editing.id;
+    trigger = null;
+    editing = null;
+    dialog.close();
+    onDeleted(id);
+  });
+
+  return { open, close, isOpen: () => dialog.open };
+}
