@@ -20,7 +20,7 @@ def test_session_login_opens_the_api_and_the_chat_page(user, client):
     client.login(username="alice", password="pw-123456")
     assert client.get("/api/v1/conversations/").status_code == 200
     page = client.get("/")
-    assert page.status_code == 200 and b"chat.js" in page.content
+    assert page.status_code == 200 and b"chat/app.js" in page.content
 
 
 def test_another_users_conversation_is_404_over_rest(conversation, other_user):

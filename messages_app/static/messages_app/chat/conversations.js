@@ -10,7 +10,7 @@ const SEARCH_DELAY_MS = 250;
 const DAY_MS = 24 * 60 * 60 * 1000;
 
 /** The title a person sees: the server's, else the character's name, else a number. */
-export function conversationTitle(conv) {
+export function conversationLabel(conv) {
   if (conv.title) return conv.title;
   const name = conv.character && conv.character.name;
   return name || conv.character_name || `Conversation ${conv.id}`;
@@ -146,7 +146,7 @@ export function mountConversationList(navEl, options) {
 
   function askDelete(conv, trigger) {
     pendingDelete = { id: conv.id, returnFocus: trigger };
-    confirmText.textContent = `“${conversationTitle(conv)}” and all its messages will be deleted. This cannot be undone.`;
+    confirmText.textContent = `“${conversationLabel(conv)}” and all its messages will be deleted. This cannot be undone.`;
     confirmError.hidden = true;
     confirmOk.disabled = false;
     confirmDialog.showModal();
@@ -211,7 +211,7 @@ export function mountConversationList(navEl, options) {
   }
 
   function itemElement(conv, group, time) {
-    const title = conversationTitle(conv);
+    const title = conversationLabel(conv);
     const active = state.activeId != null && String(state.activeId) === String(conv.id);
     const character = conv.character || { name: conv.character_name || "", avatar_url: null };
     const open = h("button", {
@@ -268,7 +268,7 @@ export function mountConversationList(navEl, options) {
       type: "text",
       class: "cl-rename-input",
       value: conv.title || "",
-      placeholder: conversationTitle(conv),
+      placeholder: conversationLabel(conv),
       maxlength: "200",
       "aria-label": "New title (empty: automatic)",
       "data-testid": "conversation-rename-input",
@@ -369,7 +369,7 @@ export function mountConversationList(navEl, options) {
 
   // --- loading and search --------------------------------------------------------------------
 
-  async function load({ append = false } = {}) {
+  async function load({ append = false, rethrow = false } = {}) {
     const token = ++state.loadToken;
     const q = state.query;
     navEl.setAttribute("aria-busy", "true");
@@ -389,6 +389,7 @@ export function mountConversationList(navEl, options) {
     } catch (err) {
       if (token !== state.loadToken) return;
       status.textContent = `Couldn't load conversations: ${errorText(err)}`;
+      if (rethrow) throw err;
     } finally {
       if (token === state.loadToken) navEl.removeAttribute("aria-busy");
     }
@@ -436,7 +437,7 @@ export function mountConversationList(navEl, options) {
     if (!conv || conv.id == null) return;
     const known = state.items.get(conv.id);
     const merged = mergeConversation(known, conv);
-    if (!known && !matchesQuery(merged)) return;
+    if (!known && (merged.character_id == null || !matchesQuery(merged))) return;
     state.items.set(conv.id, merged);
     if (state.renamingId === conv.id) return;
     render();
@@ -450,9 +451,9 @@ export function mountConversationList(navEl, options) {
     return wasActive;
   }
 
-  load();
   return {
-    refresh: () => load(),
+    // The page calls this first, and hears of a failure (a ban) from it.
+    refresh: () => load({ rethrow: true }),
     setActive,
     upsert,
     remove: (id) => { removeItem(id); },
