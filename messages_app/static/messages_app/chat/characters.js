@@ -194,7 +194,7 @@ export function mountCharacterGallery(sectionEl, options) {
       badges.push(h("span", { class: `cg-badge cg-badge-${character.approval}` },
         character.approval === "pending" ? "Awaiting review" : "Not approved"));
     }
-    if (character.is_public) badges.push(h("span", { class: "cg-badge" }, "Public"));
+    if (character.is_owner && character.is_public) badges.push(h("span", { class: "cg-badge" }, "Public"));
     return h("li", { class: "cg-card", "data-testid": "character-card", "data-id": String(character.id) },
       h("div", { class: "cg-card-head" },
         avatarElement(character, "cg-avatar"),
