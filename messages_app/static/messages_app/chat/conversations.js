@@ -141,6 +141,11 @@ export function mountConversationList(navEl, options) {
     status.textContent = "Conversation deleted.";
     navEl.dispatchEvent(new CustomEvent("conversation-deleted", { detail: { id, wasActive } }));
     if (onDeleted) onDeleted(id, { wasActive });
+    else if (wasActive && neighbour != null) {
+      // The open conversation is gone: open the next one rather than leave a dead thread.
+      setActive(neighbour);
+      onOpen(neighbour);
+    }
     if (!focusItem(neighbour)) searchInput.focus();
   });
 
@@ -253,7 +258,26 @@ export function mountConversationList(navEl, options) {
       class: `cl-item${active ? " active" : ""}`,
       "data-id": String(conv.id),
       "data-testid": "conversation-item",
-    }, open, h("span", { class: "cl-actions" }, rename, del));
+    }, open, h("span", { class: "cl-actions" }, rename, del), active ? exportLinks(conv) : null);
+  }
+
+  // Downloads of the open conversation's active branch, unless the page shows its own.
+  function exportLinks(conv) {
+    if (!api.exportChatUrl) return null;
+    const elsewhere = Array.from(document.querySelectorAll('[data-testid="chat-export-md"]'))
+      .some((node) => !navEl.contains(node));
+    if (elsewhere) return null;
+    const title = conversationLabel(conv);
+    const link = (format, label, testid) => h("a", {
+      href: api.exportChatUrl(conv.id, format),
+      download: "",
+      class: "cl-export-link",
+      "data-testid": testid,
+      "aria-label": `Export “${title}” as ${label}`,
+    }, label);
+    return h("span", { class: "cl-export" }, "Export: ",
+      link("markdown", "Markdown", "chat-export-md"), " · ",
+      link("jsonl", "JSONL", "chat-export-jsonl"));
   }
 
   // --- rename inline -------------------------------------------------------------------------
@@ -422,15 +446,7 @@ export function mountConversationList(navEl, options) {
 
   function setActive(id) {
     state.activeId = id == null ? null : id;
-    for (const li of groupsEl.querySelectorAll("[data-id]")) {
-      const on = state.activeId != null && li.getAttribute("data-id") === String(state.activeId);
-      li.classList.toggle("active", on);
-      const open = li.querySelector('[data-part="open"]');
-      if (open) {
-        if (on) open.setAttribute("aria-current", "page");
-        else open.removeAttribute("aria-current");
-      }
-    }
+    render();
   }
 
   function upsert(conv) {
