@@ -347,8 +347,7 @@ export function mountCharacterGallery(sectionEl, options) {
     returnFocus = document.activeElement instanceof HTMLElement ? document.activeElement : null;
     sectionEl.hidden = false;
     heading.focus();
-    if (!state.loaded && !state.loading) refresh();
-    else if (state.loaded) refresh();
+    refresh();
   }
   function close() {
     if (editor.isOpen()) editor.close();
@@ -381,7 +380,7 @@ export function mountCharacterGallery(sectionEl, options) {
       heading.focus();
     },
     afterClose(id) {
-      if (id == null || !focusCard(id, "character-edit")) newButton.focus();
+      if (id == null || !focusCard(id, "character-chat")) newButton.focus();
     },
   });
   newButton.addEventListener("click", () => editor.open(null, newButton));
@@ -540,6 +539,7 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
 
   let editing = null; // the character being edited, or null for a new one
   let trigger = null;
+  let savedId = null; // a character saved by this opening of the dialog
   let confirmingDelete = false;
 
   function setError(name, messages) {
@@ -626,6 +626,7 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
   function open(character, from) {
     editing = character || null;
     trigger = from || null;
+    savedId = null;
     confirmingDelete = false;
     clearErrors();
     title.textContent = editing ? `Edit “${editing.name}”` : "New character";
@@ -646,11 +647,13 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
   dialog.addEventListener("close", () => {
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = null;
-    const id = editing ? editing.id : null;
+    const id = savedId != null ? savedId : editing ? editing.id : null;
     editing = null;
-    if (trigger && trigger.isConnected) trigger.focus();
+    // After a save the cards were redrawn: the focus goes to the saved one's card.
+    if (savedId == null && trigger && trigger.isConnected) trigger.focus();
     else afterClose(id);
     trigger = null;
+    savedId = null;
   });
   // Escape closes the dialog (the browser's `cancel`); it must not also close the gallery.
   dialog.addEventListener("keydown", (event) => {
@@ -718,6 +721,7 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
       return;
     }
     editing = character;
+    savedId = character.id;
     if (avatarFile) {
       try {
         character = (await api.uploadAvatar(character.id, avatarFile)) || character;
