@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from messages_app import characters, moderation, selectors, services
-from messages_app.errors import InvalidInput
+from messages_app import avatars, cards, characters, exports, moderation, selectors, services
+from messages_app.errors import InvalidInput, TooLarge
 from messages_app.models import Character, Conversation
 from messages_app.openapi import RATE_LIMIT_HEADERS, ErrorSerializer, send_responses
 from messages_app.safety_flow import input_wait_and_settle
@@ -45,6 +57,61 @@ class ByNamePagination(CursorPagination):
 
 class ByActivityPagination(CursorPagination):
     ordering = ("-last_activity_at", "-id")
+
+
+class FormatIsAParameter(DefaultContentNegotiation):
+    """`?format=` of the export endpoints names the file's format, not a DRF renderer: always
+    answer (errors) with the view's first renderer, JSON."""
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        first = next(iter(renderers))
+        return first, first.media_type
+
+
+def _download(content: bytes | str, *, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _format_param(request: Request, allowed: tuple[str, ...]) -> str:
+    value = request.query_params.get("format", allowed[0])
+    if value not in allowed:
+        raise InvalidInput(
+            f"format must be one of: {', '.join(allowed)}.",
+            details={"param": "format", "allowed": list(allowed)},
+        )
+    return value
+
+
+def _upload(request: Request, *, max_bytes: int) -> Any:
+    upload = request.FILES.get("file")
+    if upload is None:
+        raise InvalidInput(
+            "Send the file as the multipart field `file`.", details={"param": "file"}
+        )
+    if upload.size > max_bytes:
+        raise TooLarge(
+            f"The file is larger than {max_bytes} bytes.",
+            details={"max_bytes": max_bytes, "bytes": upload.size},
+        )
+    return upload
+
+
+_FILE_UPLOAD = {
+    "multipart/form-data": inline_serializer("FileUpload", {"file": serializers.FileField()})
+}
+
+
+def _errors(description: str) -> dict[int, Any]:
+    return {
+        400: OpenApiResponse(ErrorSerializer, description=description),
+        404: OpenApiResponse(ErrorSerializer, description="`not_found`."),
+    }
 
 
 class CharacterViewSet(viewsets.ModelViewSet[Character]):
@@ -80,7 +147,135 @@ class CharacterViewSet(viewsets.ModelViewSet[Character]):
             instance.is_public = False
             instance.save(update_fields=["is_public"])
             return
+        avatars.avatar_delete(character=instance)
         instance.delete()
+
+    def _render(self, character: Character, status_code: int = status.HTTP_200_OK) -> Response:
+        return Response(self.get_serializer(character).data, status=status_code)
+
+    @extend_schema(
+        request=_FILE_UPLOAD,
+        responses={
+            200: CharacterSerializer,
+            204: None,
+            **_errors(
+                "`invalid_image`: not a PNG, JPEG, WebP or GIF Pillow can read whole; "
+                "`image_too_large`: more than IMAGE_MAX_PIXELS pixels."
+            ),
+            403: OpenApiResponse(ErrorSerializer, description="Not the owner (or staff)."),
+            413: OpenApiResponse(
+                ErrorSerializer, description="`too_large`: the file is over AVATAR_MAX_BYTES."
+            ),
+        },
+        description="POST multipart `file`: the character's new avatar, re-encoded (WebP, at "
+        "most 512x512, no metadata); 200 with the character. DELETE: no avatar; 204.",
+    )
+    @action(
+        detail=True,
+        methods=["post", "delete"],
+        url_path="avatar",
+        parser_classes=[MultiPartParser, FormParser],
+    )
+    def avatar(self, request: Request, pk: str) -> Response:
+        character = self.get_object()
+        self._check_owner(character)
+        if request.method == "DELETE":
+            characters.character_avatar_delete(character=character)
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        upload = _upload(request, max_bytes=settings.AVATAR_MAX_BYTES)
+        content = avatars.avatar_from_upload(upload)
+        characters.character_avatar_set(character=character, actor=request.user, content=content)
+        character.refresh_from_db()
+        return self._render(character)
+
+    @extend_schema(
+        request=_FILE_UPLOAD,
+        responses={
+            201: CharacterSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="`not_a_card` (neither PNG nor JSON), `no_card_data` (a PNG "
+                "without a `chara` or `ccv3` chunk), `bad_card` (bad base64, JSON or card "
+                "fields; `details` say which), `image_too_large` (more than IMAGE_MAX_PIXELS "
+                "pixels: a decompression bomb), `invalid` (a provider/model not allowed).",
+            ),
+            413: OpenApiResponse(
+                ErrorSerializer,
+                description="`too_large`: the file is over CARD_MAX_BYTES, or a text chunk "
+                "over CARD_MAX_CHUNK_BYTES.",
+            ),
+        },
+        description="Import a character card (V1, V2 `chara`, V3 `ccv3`, which wins; PNG or "
+        "JSON) as a new private character of the caller; a PNG's picture becomes its avatar.",
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="import",
+        parser_classes=[MultiPartParser, FormParser],
+    )
+    def import_card(self, request: Request) -> Response:
+        upload = _upload(request, max_bytes=settings.CARD_MAX_BYTES)
+        card = cards.card_read(upload.read(settings.CARD_MAX_BYTES + 1))
+        serializer = CharacterSerializer(data=card.fields, context={"request": request})
+        if not serializer.is_valid():
+            raise InvalidInput(
+                "The card's fields are not valid here.",
+                code="bad_card",
+                details=dict(serializer.errors),
+            )
+        character = characters.character_import(
+            owner=request.user,
+            data=serializer.validated_data,
+            extras=card.extras,
+            image=card.image,
+        )
+        return self._render(character, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "format", OpenApiTypes.STR, enum=["png", "json"], description="Default png."
+            )
+        ],
+        responses={
+            (200, "image/png"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The card PNG: `chara` (V2) and `ccv3` (V3)."
+            ),
+            (200, "application/json"): OpenApiResponse(
+                OpenApiTypes.OBJECT, description="The card as JSON (chara_card_v3)."
+            ),
+            403: OpenApiResponse(ErrorSerializer, description="Not the owner (or staff)."),
+            **_errors("`invalid`: an unknown format."),
+        },
+        description="Download the character as a card (Content-Disposition: attachment). Only "
+        "its owner and staff may: a public character's prompt is its owner's work.",
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="export",
+        content_negotiation_class=FormatIsAParameter,
+        renderer_classes=[JSONRenderer],
+    )
+    def export(self, request: Request, pk: str) -> HttpResponse:
+        character = self.get_object()
+        user = request.user
+        if character.owner_id != user.pk and not user.is_staff:
+            raise PermissionDenied("Only the owner can export this character.")
+        kind = _format_param(request, ("png", "json"))
+        if kind == "json":
+            body = json.dumps(cards.card_json(character), ensure_ascii=False, indent=2)
+            return _download(
+                body,
+                content_type="application/json; charset=utf-8",
+                filename=cards.card_filename(character, "json"),
+            )
+        return _download(
+            cards.card_png(character),
+            content_type="image/png",
+            filename=cards.card_filename(character, "png"),
+        )
 
 
 class ConversationViewSet(
@@ -95,7 +290,23 @@ class ConversationViewSet(
     pagination_class = ByActivityPagination
 
     def get_queryset(self) -> QuerySet[Conversation]:
-        return selectors.conversations_of(self.request.user)
+        q = self.request.query_params.get("q", "") if self.action == "list" else ""
+        if len(q) > 200:
+            raise InvalidInput("q is at most 200 characters.", details={"param": "q"})
+        return selectors.conversations_list(user=self.request.user, q=q)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "q",
+                OpenApiTypes.STR,
+                description="Only conversations whose title or character name contains this "
+                "(ignoring case); at most 200 characters.",
+            )
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
 
     def create(self, request: Request) -> Response:
         serializer = ConversationSerializer(data=request.data)
@@ -126,6 +337,50 @@ class ConversationViewSet(
 
     def perform_destroy(self, instance: Conversation) -> None:
         services.conversation_delete(conversation=instance)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "format",
+                OpenApiTypes.STR,
+                enum=["markdown", "jsonl"],
+                description="Default markdown.",
+            )
+        ],
+        responses={
+            (200, "text/markdown"): OpenApiResponse(
+                OpenApiTypes.STR, description="The active branch as Markdown."
+            ),
+            (200, "application/jsonl"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="The active branch in SillyTavern's JSONL chat format: a header "
+                "line, then one line per message (swipes for replies with siblings).",
+            ),
+            **_errors("`invalid`: an unknown format."),
+        },
+        description="Download the conversation's active branch (Content-Disposition: attachment).",
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="export",
+        content_negotiation_class=FormatIsAParameter,
+        renderer_classes=[JSONRenderer],
+    )
+    def export(self, request: Request, pk: str) -> HttpResponse:
+        conversation = selectors.conversation_get(user=request.user, conversation_id=int(pk))
+        kind = _format_param(request, ("markdown", "jsonl"))
+        if kind == "jsonl":
+            return _download(
+                exports.chat_jsonl(conversation),
+                content_type="application/jsonl; charset=utf-8",
+                filename=exports.chat_filename(conversation, "jsonl"),
+            )
+        return _download(
+            exports.chat_markdown(conversation),
+            content_type="text/markdown; charset=utf-8",
+            filename=exports.chat_filename(conversation, "md"),
+        )
 
 
 def _encode_cursor(message_id: int) -> str:

@@ -7,7 +7,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from PIL import Image
 
+from messages_app.avatars import avatar_delete, avatar_encode, avatar_set
 from messages_app.errors import InvalidInput
 from messages_app.models import Character
 
@@ -21,6 +23,12 @@ REVIEWED_FIELDS = (
     "system_prompt",
     "provider",
     "model",
+    "personality",
+    "scenario",
+    "alternate_greetings",
+    "creator_notes",
+    "tags",
+    "creator",
 )
 
 
@@ -92,4 +100,41 @@ def character_update(*, character: Character, actor: Any, data: dict[str, Any]) 
             Character.Approval.APPROVED if _is_staff(actor) else Character.Approval.PENDING
         )
     character.save()
+    return character
+
+
+def _review_again(character: Character, actor: Any) -> None:
+    character.approval = (
+        Character.Approval.APPROVED if _is_staff(actor) else Character.Approval.PENDING
+    )
+    character.save(update_fields=["approval", "updated_at"])
+
+
+@transaction.atomic
+def character_avatar_set(*, character: Character, actor: Any, content: bytes) -> Character:
+    """Give `character` the avatar `content` (re-encoded by messages_app.avatars) on behalf
+    of `actor` (its owner or staff). A public character's new picture goes (back) to review,
+    as its reviewed fields do."""
+    avatar_set(character=character, content=content)
+    if character.is_public:
+        _review_again(character, actor)
+    return character
+
+
+@transaction.atomic
+def character_avatar_delete(*, character: Character) -> Character:
+    return avatar_delete(character=character)
+
+
+@transaction.atomic
+def character_import(
+    *, owner: Any, data: dict[str, Any], extras: dict[str, Any], image: Image.Image | None
+) -> Character:
+    """A new private character of `owner` from a card's validated fields (`data`), keeping
+    the card's other data (`extras`) for export. A card PNG's picture becomes its avatar."""
+    character = character_create(
+        owner=owner, data={**data, "is_public": False, "card_extras": extras}
+    )
+    if image is not None:
+        avatar_set(character=character, content=avatar_encode(image))
     return character

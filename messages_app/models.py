@@ -39,6 +39,20 @@ class Character(models.Model):
         blank=True,
     )
     is_public = models.BooleanField(default=False)
+    # Card fields (character card spec V2/V3, as SillyTavern reads and writes them).
+    avatar = models.FileField(upload_to="avatars/", blank=True, max_length=255)
+    personality = models.TextField(blank=True)
+    scenario = models.TextField(blank=True)
+    alternate_greetings = models.JSONField(
+        default=list, blank=True, help_text="More first messages, offered as swipes."
+    )
+    creator_notes = models.TextField(blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    creator = models.CharField(max_length=200, blank=True)
+    character_version = models.CharField(max_length=100, blank=True)
+    # The `data` of an imported card that this service does not use (extensions,
+    # character_book, post_history_instructions...): kept so that an export gives it back.
+    card_extras = models.JSONField(default=dict, blank=True)
 
     class Approval(models.TextChoices):
         PENDING = "pending"

@@ -89,6 +89,18 @@ def conversations_of(user: Any) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user)
 
 
+def conversations_list(*, user: Any, q: str = "") -> QuerySet[Conversation]:
+    """The user's conversations with their characters; with `q`, those whose title or
+    character name contains it, ignoring case."""
+    conversations = conversations_of(user).select_related("character")
+    q = q.strip()
+    if q:
+        conversations = conversations.filter(
+            Q(title__icontains=q) | Q(character__name__icontains=q)
+        )
+    return conversations
+
+
 def conversation_get(*, user: Any, conversation_id: int) -> Conversation:
     """The user's own conversation; another user's is as unknown as a missing one (404)."""
     conversation = (

@@ -8,6 +8,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from messages_app.avatars import avatar_url
 from messages_app.models import Character, Conversation, Feedback, Message, Report
 
 
@@ -158,11 +159,28 @@ class SendResultSerializer(serializers.Serializer[Any]):
     generation_id = serializers.IntegerField()
 
 
+MAX_GREETINGS = 100
+MAX_TAGS = 100
+
+
 class CharacterSerializer(serializers.ModelSerializer[Character]):
     """`approval` (pending, approved, rejected) is set by the service and the moderators: other
-    users see a public character only once it is approved."""
+    users see a public character only once it is approved. `avatar_url` is set with
+    `POST characters/{id}/avatar/`; `is_owner` says whether the caller may change it (its
+    owner, or staff)."""
 
     owner = serializers.CharField(source="owner.username", read_only=True, default=None)
+    avatar_url = serializers.SerializerMethodField()
+    is_owner = serializers.SerializerMethodField()
+    alternate_greetings = serializers.ListField(
+        child=serializers.CharField(trim_whitespace=False),
+        required=False,
+        max_length=MAX_GREETINGS,
+        help_text="More first messages: a new conversation offers them as swipes.",
+    )
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, max_length=MAX_TAGS
+    )
 
     class Meta:
         model = Character
@@ -172,8 +190,15 @@ class CharacterSerializer(serializers.ModelSerializer[Character]):
             "description",
             "persona",
             "greeting",
+            "alternate_greetings",
             "example_dialogue",
             "system_prompt",
+            "personality",
+            "scenario",
+            "creator_notes",
+            "tags",
+            "creator",
+            "character_version",
             "provider",
             "model",
             "temperature",
@@ -181,6 +206,8 @@ class CharacterSerializer(serializers.ModelSerializer[Character]):
             "is_public",
             "approval",
             "owner",
+            "is_owner",
+            "avatar_url",
             "created_at",
             "updated_at",
         ]
@@ -197,20 +224,75 @@ class CharacterSerializer(serializers.ModelSerializer[Character]):
             )
         return value
 
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_avatar_url(self, obj: Character) -> str | None:
+        return avatar_url(obj)
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_is_owner(self, obj: Character) -> bool:
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return False
+        return bool(obj.owner_id == user.pk or user.is_staff)
+
+
+class CharacterBriefSerializer(serializers.Serializer[Any]):
+    """What a conversation carries of its character, enough for a list."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    avatar_url = serializers.CharField(allow_null=True)
+
 
 class ConversationSerializer(serializers.ModelSerializer[Conversation]):
+    """`title` may be "" until the service made one (clients show the character's name);
+    `last_activity_at` is the time of its latest message, for grouping by recency."""
+
     character_id = serializers.IntegerField()
     active_leaf_id = serializers.IntegerField(read_only=True, allow_null=True)
+    character = serializers.SerializerMethodField()
 
     class Meta:
         model = Conversation
-        fields = ["id", "character_id", "title", "active_leaf_id", "created_at", "last_activity_at"]
+        fields = [
+            "id",
+            "character_id",
+            "character",
+            "title",
+            "active_leaf_id",
+            "created_at",
+            "last_activity_at",
+        ]
         read_only_fields = ["id", "active_leaf_id", "created_at", "last_activity_at"]
+
+    @extend_schema_field(CharacterBriefSerializer)
+    def get_character(self, obj: Conversation) -> dict[str, Any]:
+        character = obj.character
+        return {"id": character.pk, "name": character.name, "avatar_url": avatar_url(character)}
 
 
 def conversation_data(conversation: Conversation) -> dict[str, Any]:
-    """The conversation as clients see it over REST (and in `conversation.updated`)."""
-    return dict(ConversationSerializer(conversation).data)
+    """The conversation of `conversation.updated`: the REST shape without `character` (which
+    no event changes; clients have it from the REST list), so no event reads the character."""
+    data = {
+        "id": conversation.pk,
+        "character_id": conversation.character_id,
+        "title": conversation.title,
+        "active_leaf_id": conversation.active_leaf_id,
+        "created_at": conversation.created_at,
+        "last_activity_at": conversation.last_activity_at,
+    }
+    return dict(ConversationEventSerializer(data).data)
+
+
+class ConversationEventSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    character_id = serializers.IntegerField()
+    title = serializers.CharField()
+    active_leaf_id = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    last_activity_at = serializers.DateTimeField()
 
 
 class ConversationUpdateSerializer(serializers.Serializer[Any]):

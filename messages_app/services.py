@@ -89,19 +89,32 @@ def check_client_id(client_id: Any) -> str:
 
 def conversation_create(*, owner: Any, character: Character, title: str = "") -> Conversation:
     """A new conversation whose first message is the character's greeting (when it has one).
-    Without a `title`, the message processor gives it one after its first reply
-    (messages_app.titles)."""
+
+    Each of the character's alternate greetings becomes a sibling of the greeting (a root
+    message too, created after it, so the greeting comes first among the siblings): clients
+    show them as swipes of the first message and switch with `active_leaf_id`. The greeting
+    (else the first alternate) is the active leaf. Without a `title`, the message processor
+    gives the conversation one after its first reply (messages_app.titles)."""
+    greetings = [
+        text
+        for text in [character.greeting, *(character.alternate_greetings or [])]
+        if isinstance(text, str) and text.strip()
+    ]
     with transaction.atomic():
         conversation = Conversation.objects.create(owner=owner, character=character, title=title)
-        if character.greeting.strip():
-            greeting = Message.objects.create(
-                conversation=conversation,
-                role=Message.Role.ASSISTANT,
-                content=character.greeting,
-                status=Message.Status.COMPLETED,
-                finish_reason="greeting",
-            )
-            conversation.active_leaf = greeting
+        if greetings:
+            # One at a time: the ids give the siblings' order.
+            first, *_ = [
+                Message.objects.create(
+                    conversation=conversation,
+                    role=Message.Role.ASSISTANT,
+                    content=text,
+                    status=Message.Status.COMPLETED,
+                    finish_reason="greeting",
+                )
+                for text in greetings
+            ]
+            conversation.active_leaf = first
             conversation.save(update_fields=["active_leaf"])
     return conversation
 

@@ -8,7 +8,8 @@ at once, before Django reads a byte; autobahn's websocket message limits default
 subclasses below; daphne's Server.run() looks them up in `daphne.server` when it starts, after
 it has imported the ASGI application. Nothing else of daphne changes.
 
-- HTTP: a body whose Content-Length is over MAX_REQUEST_BODY_BYTES is answered 413 in the
+- HTTP: a body whose Content-Length is over MAX_REQUEST_BODY_BYTES (for the avatar and card
+  uploads: their file limit plus the multipart envelope, if that is more) is answered 413 in the
   API's error shape as soon as the headers arrive (and no `100 Continue` is sent); a chunked
   body is answered when it passes the limit. The rest of the body is read and dropped for up
   to LINGER_SECONDS, so that a client that sends it all before reading sees the 413 rather
@@ -27,6 +28,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 from typing import Any
 
 import daphne.server
@@ -40,6 +42,21 @@ logger = logging.getLogger(__name__)
 
 LINGER_SECONDS = 10.0
 CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+# Uploads whose files have limits of their own (AVATAR_MAX_BYTES, CARD_MAX_BYTES): their
+# bodies may be as large as the file plus the multipart envelope.
+UPLOAD_PATHS = re.compile(rb"^/api/v1/characters/(?:import|[0-9]+/avatar)/?(?:\?|$)")
+MULTIPART_MARGIN = 64 * 1024
+
+
+def body_limit(path: bytes) -> int:
+    """The largest request body accepted for `path` (the request target, query included)."""
+    limit = settings.MAX_REQUEST_BODY_BYTES
+    if UPLOAD_PATHS.match(path):
+        files = max(settings.AVATAR_MAX_BYTES, settings.CARD_MAX_BYTES) + MULTIPART_MARGIN
+        return max(limit, files)
+    return limit
 
 
 def too_large_response(limit: int) -> bytes:
@@ -65,10 +82,13 @@ class LimitedWebRequest(WebRequest):
 
     _refused = False
     _received = 0
+    _limit = 0
     _linger: asyncio.TimerHandle | None = None
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > settings.MAX_REQUEST_BODY_BYTES:
+        # Twisted's channel has read the request line (its target) before the headers end.
+        self._limit = body_limit(getattr(self.channel, "_path", b"") or b"")
+        if length is not None and length > self._limit:
             self.content = io.BytesIO()  # Twisted expects a file; nothing is written to it
             self._refuse(length)
             return
@@ -78,7 +98,7 @@ class LimitedWebRequest(WebRequest):
         if self._refused:
             return
         self._received += len(data)
-        if self._received > settings.MAX_REQUEST_BODY_BYTES:
+        if self._received > (self._limit or settings.MAX_REQUEST_BODY_BYTES):
             self.content.close()
             self.content = io.BytesIO()
             self._refuse(None)
@@ -99,7 +119,7 @@ class LimitedWebRequest(WebRequest):
 
     def _refuse(self, length: int | None) -> None:
         self._refused = True
-        limit = settings.MAX_REQUEST_BODY_BYTES
+        limit = self._limit or settings.MAX_REQUEST_BODY_BYTES
         logger.warning(
             "413: refused a request body of %s bytes (limit %s) from %s",
             length if length is not None else f"over {limit}",

@@ -336,6 +336,22 @@ MAX_REQUEST_BODY_BYTES: int = env.int("MAX_REQUEST_BODY_BYTES", default=1024 * 1
 # socket with 1009 (message too big) when its frame header arrives, before its payload.
 WS_MAX_MESSAGE_BYTES: int = env.int("WS_MAX_MESSAGE_BYTES", default=64 * 1024)
 
+# --- Uploads: avatars and character cards (issue 12) ---------------------------------------
+# Uploaded files (avatars) go through default_storage: a FileSystemStorage in MEDIA_ROOT,
+# served at MEDIA_URL by messages_app.media (mount a volume there when the root filesystem
+# is read-only). Object storage would serve storage.url() itself.
+MEDIA_ROOT: str = env.str("MEDIA_ROOT", default=str(BASE_DIR / "media"))
+MEDIA_URL = "/media/"
+# Largest avatar upload, in bytes (400 too_large above it). It is re-encoded to at most
+# 512x512 without metadata (messages_app.avatars).
+AVATAR_MAX_BYTES: int = env.int("AVATAR_MAX_BYTES", default=2 * 1024 * 1024)
+# Largest character card upload (PNG or JSON), in bytes, and largest text chunk in a card PNG.
+CARD_MAX_BYTES: int = env.int("CARD_MAX_BYTES", default=8 * 1024 * 1024)
+CARD_MAX_CHUNK_BYTES: int = env.int("CARD_MAX_CHUNK_BYTES", default=4 * 1024 * 1024)
+# Most pixels an uploaded image (avatar or card PNG) may declare before it is decoded
+# (decompression bombs: 400 image_too_large).
+IMAGE_MAX_PIXELS: int = env.int("IMAGE_MAX_PIXELS", default=4096 * 4096)
+
 # --- Django --------------------------------------------------------------------------------
 INSTALLED_APPS = [
     "daphne",

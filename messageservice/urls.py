@@ -1,10 +1,12 @@
 """Top-level routes: the chat page, the API, its schema and docs, admin, health, metrics."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from analytics_app.pages import dashboard_page
+from messages_app.media import media_file
 from messages_app.pages import chat_page
 from messageservice import health, metrics
 
@@ -23,4 +25,6 @@ urlpatterns = [
     path("ready", health.ready, name="ready"),
     # Answered by metrics.HttpMetricsMiddleware before host validation; the route names it.
     path("metrics", metrics.metrics_view, name="metrics"),
+    # Uploaded avatars, when default_storage is a FileSystemStorage (messages_app.media).
+    path(f"{settings.MEDIA_URL.strip('/')}/<path:name>", media_file, name="media"),
 ]
