@@ -143,12 +143,13 @@ def card_png(name: str) -> bytes:
         "spec_version": "2.0",
         "data": {
             "name": name,
-            "description": "Keeps the light burning on a <b>stormy</b> rock.",
+            "description": "{{char}} is the keeper of a lighthouse.",
             "personality": "Patient, dry humour.",
             "scenario": "A lighthouse at night.",
             "first_mes": "The lamp is lit. Come in from the rain.",
             "mes_example": "<START>\n{{user}}: Hello\n{{char}}: Mind the stairs.",
-            "creator_notes": "",
+            # The public description, when the card has none of ours.
+            "creator_notes": "Keeps the light burning on a <b>stormy</b> rock.",
             "system_prompt": "",
             "post_history_instructions": "",
             "alternate_greetings": ["Who knocks at this hour?"],
@@ -165,6 +166,28 @@ def card_png(name: str) -> bytes:
 def _file(path: Path, data: bytes) -> str:
     path.write_bytes(data)
     return str(path)
+
+
+SERAPHINA = ROOT / "tests" / "fixtures" / "cards" / "default_Seraphina.png"
+
+
+def _drop_file(page: Any, selector: str, path: Path, mime: str) -> None:
+    """Drag a file from the desktop and drop it on `selector`, as a person would."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    page.evaluate(
+        """([selector, b64, name, mime]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: mime }));
+            const target = document.querySelector(selector);
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                target.dispatchEvent(new DragEvent(type, {
+                    dataTransfer: transfer, bubbles: true, cancelable: true,
+                }));
+            }
+        }""",
+        [selector, data, path.name, mime],
+    )
 
 
 def _natural_width(locator: Any) -> int:
@@ -207,6 +230,22 @@ def test_importing_a_card_png_shows_it_in_the_gallery_with_its_avatar(session, t
         card.locator('[data-testid="character-export-json"]').click()
     exported = json.loads(Path(download_info.value.path()).read_text())
     assert "Lighthouse Keeper" in json.dumps(exported)
+
+    # SillyTavern's own default card, dropped on the gallery: it imports with its picture.
+    _drop_file(page, "#character-gallery", SERAPHINA, "image/png")
+    seraphina = page.locator(CARD, has_text="Seraphina")
+    seraphina.wait_for()
+    assert page.locator('[data-testid="character-import-status"]').inner_text() == (
+        "Imported “Seraphina”."
+    )
+    picture = seraphina.locator(".lib-avatar img")
+    picture.wait_for()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=picture.element_handle()
+    )
+    assert page.locator(CARD).first.get_attribute("data-id") == str(
+        Character.objects.get(owner=session.user, name="Seraphina").pk
+    )
     session.shot("gallery-imported")
 
 
@@ -343,8 +382,21 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     ]
     session.shot("conversations")
 
+    # The open conversation downloads as Markdown and as SillyTavern JSONL.
+    active = page.locator(f'{ITEM}[data-id="{today.pk}"]')
+    with page.expect_download() as markdown:
+        active.locator('[data-testid="chat-export-md"]').click()
+    assert "Hello, I am Captain Grouping." in Path(markdown.value.path()).read_text()
+    with page.expect_download() as jsonl:
+        active.locator('[data-testid="chat-export-jsonl"]').click()
+    lines = Path(jsonl.value.path()).read_text().splitlines()
+    assert json.loads(lines[0])["character_name"] == "Captain Grouping"
+    assert json.loads(lines[1])["mes"] == "Hello, I am Captain Grouping."
+    assert page.locator('[data-testid="chat-export-md"]').count() == 1
+
     # Rename inline, from the keyboard: Enter saves, and the server keeps it.
     item = page.locator(f'{ITEM}[data-id="{week.pk}"]')
+    item.hover()  # rename and delete show on the item under the pointer
     item.locator('[data-testid="conversation-rename"]').click()
     box = page.locator('[data-testid="conversation-rename-input"]')
     assert box.input_value() == "Charting reefs"
@@ -353,8 +405,14 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     item.locator('[data-testid="conversation-title"]', has_text="Reefs & <shoals>").wait_for()
     week.refresh_from_db()
     assert week.title == "Reefs & <shoals>"
-    # Escape gives up a rename.
-    item.locator('[data-testid="conversation-rename"]').click()
+    # From the keyboard: arrows move down the list from the search box, F2 renames, and
+    # Escape gives the rename up.
+    page.focus('[data-testid="conversation-search"]')
+    for _ in range(3):
+        page.keyboard.press("ArrowDown")
+    assert page.evaluate("document.activeElement.closest('[data-id]').dataset.id") == str(week.pk)
+    page.keyboard.press("F2")
+    box.wait_for()
     box.fill("not this")
     box.press("Escape")
     item.locator('[data-testid="conversation-title"]', has_text="Reefs & <shoals>").wait_for()
@@ -380,6 +438,7 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     page.locator(ITEM).nth(4).wait_for()
 
     # Delete, after a confirmation; Cancel keeps it.
+    item.hover()
     item.locator('[data-testid="conversation-delete"]').click()
     confirm = page.locator('[data-testid="conversation-delete-dialog"]')
     confirm.wait_for()
@@ -388,6 +447,7 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     page.click('[data-testid="conversation-delete-cancel"]')
     confirm.wait_for(state="hidden")
     assert Conversation.objects.filter(pk=week.pk).exists()
+    item.hover()
     item.locator('[data-testid="conversation-delete"]').click()
     page.click('[data-testid="conversation-delete-confirm"]')
     item.wait_for(state="detached")
@@ -436,6 +496,7 @@ def test_the_gallery_starts_a_chat_and_fits_a_phone(web, browser):
         box = card.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
         session.shot("gallery-mobile")
+        assert page.locator("#character-gallery .cg-toolbar").bounding_box()["width"] <= 375
         page.click('[data-testid="character-new"]')
         page.locator('[data-testid="character-editor"]').wait_for()
         session.shot("editor-mobile")

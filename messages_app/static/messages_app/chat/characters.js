@@ -184,8 +184,8 @@ export function mountCharacterGallery(sectionEl, options) {
       const edit = h("button", { type: "button", "data-testid": "character-edit", "aria-describedby": nameId }, "Edit");
       edit.addEventListener("click", () => editor.open(character, edit));
       actions.push(edit);
-      actions.push(exportLink(character, "png", "PNG", nameId));
-      actions.push(exportLink(character, "json", "JSON", nameId));
+      actions.push(h("span", { class: "cg-exports" }, "Export",
+        exportLink(character, "png", "PNG"), exportLink(character, "json", "JSON")));
     }
     const greeting = character.greeting || "";
     const alternates = (character.alternate_greetings || []).length;
@@ -213,16 +213,14 @@ export function mountCharacterGallery(sectionEl, options) {
       h("div", { class: "cg-actions" }, actions));
   }
 
-  function exportLink(character, format, label, nameId) {
-    const href = api.exportCardUrl(character.id, format);
+  function exportLink(character, format, label) {
     return h("a", {
-      class: "button cg-export",
-      href,
+      href: api.exportCardUrl(character.id, format),
       download: "",
       "data-testid": `character-export-${format}`,
-      "aria-describedby": nameId,
+      "aria-label": `Export “${character.name}” as a ${label} card`,
       title: `Download as a ${label} character card`,
-    }, `Export ${label}`);
+    }, label);
   }
 
   function render() {
@@ -542,6 +540,15 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
   let savedId = null; // a character saved by this opening of the dialog
   let confirmingDelete = false;
 
+  function fieldLabel(name) {
+    const input = fields[name];
+    const label = input && input.id ? form.querySelector(`label[for="${CSS.escape(input.id)}"]`) : null;
+    if (label) return label.textContent;
+    if (name === "alternate_greetings") return "Alternate greetings";
+    if (name === "avatar") return "Avatar";
+    return name;
+  }
+
   function setError(name, messages) {
     const node = errors[name];
     const input = fields[name] || (name === "avatar" ? avatarInput : null);
@@ -688,12 +695,18 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
         unplaced.push(`${name}: ${text}`);
       }
     }
-    const summary = err && err.code === "invalid" ? "Please correct the fields marked below." : errorText(err);
+    const named = Object.keys(details)
+      .filter((name) => errors[name] && !errors[name].hidden)
+      .map((name) => fieldLabel(name));
+    const summary = named.length
+      ? `Please correct: ${named.join(", ")}.`
+      : err && err.code === "invalid" ? "Please correct the fields marked below." : errorText(err);
     showFormError([summary, ...unplaced].join(" "));
     if (first) {
       const details = first.closest("details");
       if (details) details.open = true;
       first.focus();
+      (errors[first.name] || first).scrollIntoView({ block: "nearest" });
     } else {
       formError.setAttribute("tabindex", "-1");
       formError.focus();
