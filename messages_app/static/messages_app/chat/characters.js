@@ -90,9 +90,9 @@ const PROVIDERS = [
 
 // [field, label, kind, hint]
 const TEXT_FIELDS = [
-  ["description", "Description", "textarea", "Shown on the card. Also part of the prompt."],
-  ["persona", "Persona", "textarea", "Who the character is."],
-  ["personality", "Personality", "textarea", "A short summary of temperament."],
+  ["description", "Description", "textarea", "Shown on the card; not sent to the model."],
+  ["persona", "Persona", "textarea", "Who the character is, for the model."],
+  ["personality", "Personality", "textarea", "Temperament, in a few words."],
   ["scenario", "Scenario", "textarea", "Where and when the conversation takes place."],
   ["greeting", "Greeting", "textarea", "The first message of every new conversation."],
 ];
