@@ -92,7 +92,7 @@ const PROVIDERS = [
 const TEXT_FIELDS = [
   ["description", "Description", "textarea", "Shown on the card; not sent to the model."],
   ["persona", "Persona", "textarea", "Who the character is, for the model."],
-  ["personality", "Personality", "textarea", "Temperament, in a few words."],
+  ["personality", "Personality", "textarea", "Temperament, in a few words, for the model."],
   ["scenario", "Scenario", "textarea", "Where and when the conversation takes place."],
   ["greeting", "Greeting", "textarea", "The first message of every new conversation."],
 ];
