@@ -343,6 +343,25 @@ def test_a_character_is_created_and_edited_with_errors_shown_by_field(session, t
     ada.refresh_from_db()
     assert ada.description == "Tutor; now also teaches logic."
 
+    # The avatar can be taken away again: the card shows the initial instead.
+    card.locator('[data-testid="character-edit"]').click()
+    page.click('[data-testid="character-avatar-remove"]')
+    page.click('[data-testid="character-save"]')
+    editor.wait_for(state="hidden")
+    card.locator(".lib-avatar-letter", has_text="A").wait_for()
+    ada.refresh_from_db()
+    assert not ada.avatar
+
+    # Delete asks once more, in the button itself.
+    card.locator('[data-testid="character-edit"]').click()
+    page.click('[data-testid="character-delete"]')
+    assert "Really delete" in page.locator('[data-testid="character-delete"]').inner_text()
+    assert editor.is_visible()
+    page.click('[data-testid="character-delete"]')
+    editor.wait_for(state="hidden")
+    card.wait_for(state="detached")
+    assert not Character.objects.filter(pk=ada.pk).exists()
+
 
 def _conversation(user: Any, character: Any, *, title: str, ago: timedelta) -> Conversation:
     conversation = conversation_create(owner=user, character=character, title=title)

@@ -135,6 +135,7 @@ export function mountCharacterGallery(sectionEl, options) {
     id: nextId("cg-import"),
     class: "visually-hidden",
     accept: ".png,.json,image/png,application/json",
+    tabindex: "-1", // reached through the Import button; the input itself is hidden
     "data-testid": "character-import",
   });
   const importButton = h("button", { type: "button", "data-testid": "character-import-button" }, "Import card…");
@@ -437,21 +438,36 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
   });
   const avatarPreview = h("span", { class: "cg-avatar-preview", "data-testid": "character-avatar-preview" });
   errors.avatar = h("p", { id: `${avatarId}-error`, class: "cg-field-error", "data-testid": "character-error-avatar", hidden: "" });
+  const avatarRemove = h("button", { type: "button", class: "link-button", "data-testid": "character-avatar-remove", hidden: "" }, "Remove avatar");
   const avatarField = h("div", { class: "cg-field cg-field-avatar" },
     avatarPreview,
     h("div", null,
       h("label", { for: avatarId }, "Avatar"),
       h("p", { id: `${avatarId}-hint`, class: "cg-hint" }, "PNG, JPEG, WebP or GIF; shown at most 512 × 512."),
       avatarInput,
+      avatarRemove,
       errors.avatar));
   let avatarFile = null;
   let previewUrl = null;
+  let removeAvatar = false; // the saved avatar goes on save
   avatarInput.addEventListener("change", () => {
     avatarFile = (avatarInput.files && avatarInput.files[0]) || null;
+    removeAvatar = false;
     setError("avatar", null);
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = avatarFile ? URL.createObjectURL(avatarFile) : null;
     showPreview(previewUrl ? { name: fields.name.value, avatar_url: previewUrl } : editing);
+    avatarRemove.hidden = !previewUrl && !(editing && editing.avatar_url);
+  });
+  avatarRemove.addEventListener("click", () => {
+    avatarFile = null;
+    avatarInput.value = "";
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    removeAvatar = !!(editing && editing.avatar_url);
+    showPreview({ name: fields.name.value || "?" });
+    avatarRemove.hidden = true;
+    avatarInput.focus();
   });
   function showPreview(character) {
     avatarPreview.textContent = "";
@@ -549,6 +565,13 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
     return name;
   }
 
+  // The letter placeholder follows the name as it is typed.
+  fields.name.addEventListener("input", () => {
+    if (!previewUrl && (removeAvatar || !(editing && editing.avatar_url))) {
+      showPreview({ name: fields.name.value || "?" });
+    }
+  });
+
   function setError(name, messages) {
     const node = errors[name];
     const input = fields[name] || (name === "avatar" ? avatarInput : null);
@@ -608,10 +631,12 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
     altList.textContent = "";
     for (const text of c.alternate_greetings || []) addAlternate(text);
     avatarFile = null;
+    removeAvatar = false;
     avatarInput.value = "";
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = null;
     showPreview(character);
+    avatarRemove.hidden = !(character && character.avatar_url && api.deleteAvatar);
   }
 
   function collect() {
@@ -735,6 +760,19 @@ function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
     }
     editing = character;
     savedId = character.id;
+    if (removeAvatar && !avatarFile) {
+      try {
+        await api.deleteAvatar(character.id);
+        character = { ...character, avatar_url: null };
+        editing = character;
+      } catch (err) {
+        onSaved(character, created);
+        saveButton.disabled = false;
+        setError("avatar", errorText(err));
+        showFormError(`“${character.name}” was saved, but its avatar was not removed: ${errorText(err)}`);
+        return;
+      }
+    }
     if (avatarFile) {
       try {
         character = (await api.uploadAvatar(character.id, avatarFile)) || character;
