@@ -30,6 +30,11 @@ def system_text(character: Character) -> str:
         parts.append(f"You are {character.name}. {character.persona.strip()}")
     else:
         parts.append(f"You are {character.name}.")
+    # Card fields (issue 12), in the order of SillyTavern's default story string.
+    if character.personality.strip():
+        parts.append(f"{character.name}'s personality: {character.personality.strip()}")
+    if character.scenario.strip():
+        parts.append(f"Scenario: {character.scenario.strip()}")
     if character.example_dialogue.strip():
         parts.append("Example dialogue:\n" + character.example_dialogue.strip())
     return "\n\n".join(p for p in parts if p)

@@ -16,8 +16,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image, PngImagePlugin
 from rest_framework.test import APIClient
 
+from fake_llm import Script
 from messages_app.models import Character
 from tests.factories import CharacterFactory, UserFactory
+from tests.helpers import run_llm_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -175,6 +177,30 @@ def test_a_v1_json_card_and_a_v2_json_card_import(api):
     assert body["tags"] == ["fantasy", "elf"] and body["character_version"] == "2"
 
 
+def test_an_imported_cards_personality_and_scenario_reach_the_prompt(api, fake_llm):
+    card = _v2(
+        "Kira",
+        description="An elf ranger.",
+        personality="wry, loyal",
+        scenario="A forest at dusk.",
+        first_mes="Hm?",
+    )
+    character = _upload(api, json.dumps(card).encode(), "kira.json").json()
+    conversation = api.post(
+        "/api/v1/conversations/", {"character_id": character["id"]}, format="json"
+    ).json()
+    fake_llm.push(Script.from_text("Quiet."))
+    api.post(
+        f"/api/v1/conversations/{conversation['id']}/messages/", {"content": "hi"}, format="json"
+    )
+    run_llm_worker()
+    system = fake_llm.requests[-1]["messages"][0]
+    assert system["role"] == "system"
+    assert "You are Kira. An elf ranger." in system["content"]
+    assert "Kira's personality: wry, loyal" in system["content"]
+    assert "Scenario: A forest at dusk." in system["content"]
+
+
 # --- hostile or broken files -----------------------------------------------------------------
 
 
@@ -255,7 +281,7 @@ def test_pillows_own_bomb_guard_also_gives_image_too_large(api, settings):
     settings.IMAGE_MAX_PIXELS = 10**10
     ihdr = struct.pack(">IIBBBBB", 10_000, 10_000, 8, 2, 0, 0, 0)
     png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
-    assert 10_000 * 10_000 > Image.MAX_IMAGE_PIXELS
+    assert Image.MAX_IMAGE_PIXELS < 10_000 * 10_000
     _error(_upload(api, png), 400, "image_too_large")
 
 
