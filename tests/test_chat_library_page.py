@@ -2,13 +2,17 @@
 chromium, driven by Playwright) against daphne as a process: a card PNG imports with its
 avatar, a bad file says why, characters are created and edited with the server's validation
 shown by field, and conversations are grouped by recency, renamed, searched, deleted and
-retitled live."""
+retitled live.
+
+Screenshots (library-*.png) go to TEST_ARTIFACTS_DIR when set, else pytest's temporary
+directory; the ones in docs/screenshots/ were made with TEST_ARTIFACTS_DIR=docs/screenshots."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,14 +43,19 @@ from tests.test_chat_page_guards import APP, _wait_http
 pytestmark = pytest.mark.django_db(transaction=True)
 
 browser = page_guards.browser  # the headless chromium fixture, module-scoped
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 CARD = '[data-testid="character-card"]'
 ITEM = '[data-testid="conversation-item"]'
 
 
 @pytest.fixture(scope="module")
-def web(django_db_setup: Any, fake_llm_server: FakeLLMServer) -> Iterator[str]:
-    """daphne on this run's database and Redis; the web root URL."""
+def web(
+    django_db_setup: Any,
+    fake_llm_server: FakeLLMServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """daphne on this run's database and Redis, its uploads in a temporary MEDIA_ROOT; the
+    web root URL."""
+    media = str(tmp_path_factory.mktemp("media"))
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
         cwd=ROOT,
@@ -58,7 +67,7 @@ def web(django_db_setup: Any, fake_llm_server: FakeLLMServer) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), APP],
         cwd=ROOT,
-        env=worker_env(fake_llm_server, LOG_LEVEL="WARNING"),
+        env=worker_env(fake_llm_server, LOG_LEVEL="WARNING", MEDIA_ROOT=media),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -77,8 +86,11 @@ def web(django_db_setup: Any, fake_llm_server: FakeLLMServer) -> Iterator[str]:
 class Session:
     """A logged-in browser page of a new user, and what it logged that a person would not want."""
 
-    def __init__(self, web: str, browser: Any, *, viewport: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, web: str, browser: Any, tmp: Path, *, viewport: dict[str, int] | None = None
+    ) -> None:
         self.web = web
+        self.shots = Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp)
         user: Any = UserFactory(username=f"lib-{time.monotonic_ns()}")
         self.user = user
         client = Client()
@@ -111,8 +123,8 @@ class Session:
         return page
 
     def shot(self, name: str) -> None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SCREENSHOTS / f"library-{name}.png"))
+        self.shots.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(self.shots / f"library-{name}.png"))
 
     def close(self) -> None:
         self.context.close()
@@ -121,8 +133,8 @@ class Session:
 
 
 @pytest.fixture
-def session(web: str, browser: Any) -> Iterator[Session]:
-    s = Session(web, browser)
+def session(web: str, browser: Any, tmp_path: Path) -> Iterator[Session]:
+    s = Session(web, browser, tmp_path)
     yield s
     s.close()
 
@@ -497,8 +509,8 @@ def test_a_title_made_by_the_server_appears_in_the_list_live(session):
     item.locator('[data-testid="conversation-title"]', has_text="Storm warnings").wait_for()
 
 
-def test_the_gallery_starts_a_chat_and_fits_a_phone(web, browser):
-    session = Session(web, browser, viewport={"width": 375, "height": 780})
+def test_the_gallery_starts_a_chat_and_fits_a_phone(web, browser, tmp_path):
+    session = Session(web, browser, tmp_path, viewport={"width": 375, "height": 780})
     try:
         character: Any = CharacterFactory(
             name="Captain Phone", description="Fits in a pocket.", greeting="Ahoy, small screen!"
