@@ -118,6 +118,9 @@ class Session:
 
     def gallery(self) -> Any:
         page = self.page
+        toggle = page.locator('[data-testid="sidebar-toggle"]')
+        if not page.locator("#show-characters").is_visible() and toggle.count():
+            toggle.click()  # on a phone the sidebar opens first
         page.click("#show-characters")
         page.locator("#character-gallery").wait_for(state="visible")
         return page
