@@ -4,7 +4,7 @@
  *
  * Every server string goes into the DOM as text (textContent, attributes), never as HTML.
  */
-import { avatarElement, ensureLibraryStyles, h } from "./characters.js";
+import { avatarElement, ensureLibraryStyles, errorText, h, pageOf } from "./library-dom.js";
 
 const SEARCH_DELAY_MS = 250;
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -44,15 +44,6 @@ function shortTime(time, group) {
   return d.toLocaleDateString([], sameYear
     ? { month: "short", day: "numeric" }
     : { year: "numeric", month: "short", day: "numeric" });
-}
-
-function pageOf(data) {
-  if (Array.isArray(data)) return { results: data, next: null };
-  return { results: (data && data.results) || [], next: (data && data.next) || null };
-}
-
-function errorText(err) {
-  return (err && err.message) || "Something went wrong.";
 }
 
 /**
