@@ -487,6 +487,9 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     item.wait_for(state="detached")
     assert not Conversation.objects.filter(pk=week.pk).exists()
     assert page.locator(ITEM).count() == 4
+    # The focus stays in the list, on the next conversation.
+    page.wait_for_function("document.activeElement.dataset.part === 'open'")
+    assert page.evaluate("document.activeElement.closest('[data-id]').dataset.id") != str(week.pk)
 
 
 def test_a_title_made_by_the_server_appears_in_the_list_live(session):

@@ -103,10 +103,12 @@ export function mountConversationList(navEl, options) {
   let pendingDelete = null; // {id, returnFocus}
 
   confirmCancel.addEventListener("click", () => confirmDialog.close());
+  // `close` comes after the dialog has gone (a task later): the focus is placed here.
   confirmDialog.addEventListener("close", () => {
-    const back = pendingDelete && pendingDelete.returnFocus;
+    const pending = pendingDelete || {};
     pendingDelete = null;
-    if (back && back.isConnected) back.focus();
+    if (pending.deleted) focusItem(pending.neighbour) || searchInput.focus();
+    else if (pending.returnFocus && pending.returnFocus.isConnected) pending.returnFocus.focus();
     else focusItem(state.activeId) || searchInput.focus();
   });
   confirmOk.addEventListener("click", async () => {
@@ -126,10 +128,9 @@ export function mountConversationList(navEl, options) {
     }
     confirmOk.disabled = false;
     const neighbour = neighbourOf(id);
-    pendingDelete.returnFocus = null;
-    confirmDialog.close();
+    Object.assign(pendingDelete, { deleted: true, neighbour });
     const wasActive = removeItem(id);
-    status.textContent = "Conversation deleted.";
+    say("Conversation deleted.");
     navEl.dispatchEvent(new CustomEvent("conversation-deleted", { detail: { id, wasActive } }));
     if (onDeleted) onDeleted(id, { wasActive });
     else if (wasActive && neighbour != null) {
@@ -137,8 +138,18 @@ export function mountConversationList(navEl, options) {
       setActive(neighbour);
       onOpen(neighbour);
     }
-    if (!focusItem(neighbour)) searchInput.focus();
+    confirmDialog.close();
   });
+
+  // A passing notice in the status line (read out by screen readers), gone after a while.
+  let sayTimer = null;
+  function say(text) {
+    clearTimeout(sayTimer);
+    status.textContent = text;
+    sayTimer = setTimeout(() => {
+      if (status.textContent === text) status.textContent = "";
+    }, 4000);
+  }
 
   function askDelete(conv, trigger) {
     pendingDelete = { id: conv.id, returnFocus: trigger };
@@ -306,7 +317,7 @@ export function mountConversationList(navEl, options) {
         try {
           const updated = await api.renameConversation(id, title);
           state.items.set(id, mergeConversation(conv, updated || { ...conv, title }));
-          status.textContent = "Conversation renamed.";
+          say("Conversation renamed.");
         } catch (err) {
           done = false;
           input.disabled = false;
