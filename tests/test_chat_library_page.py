@@ -288,6 +288,11 @@ def test_a_bad_card_file_shows_the_servers_error(session, tmp_path):
     assert "photo.png" in error.inner_text()
     assert page.locator(CARD).count() == 0
     assert not Character.objects.filter(owner=session.user).exists()
+    # Escape leaves the gallery, and the focus returns to the button that opened it.
+    page.focus('[data-testid="character-new"]')
+    page.keyboard.press("Escape")
+    page.locator("#character-gallery").wait_for(state="hidden")
+    assert page.evaluate("document.activeElement.id") == "show-characters"
 
 
 def test_a_character_is_created_and_edited_with_errors_shown_by_field(session, tmp_path):
