@@ -107,6 +107,12 @@ _FILE_UPLOAD = {
 }
 
 
+_STORAGE_UNAVAILABLE = OpenApiResponse(
+    ErrorSerializer,
+    description="`storage_unavailable`: the image could not be stored (nothing was saved).",
+)
+
+
 def _errors(description: str) -> dict[int, Any]:
     return {
         400: OpenApiResponse(ErrorSerializer, description=description),
@@ -166,6 +172,7 @@ class CharacterViewSet(viewsets.ModelViewSet[Character]):
             413: OpenApiResponse(
                 ErrorSerializer, description="`too_large`: the file is over AVATAR_MAX_BYTES."
             ),
+            503: _STORAGE_UNAVAILABLE,
         },
         description="POST multipart `file`: the character's new avatar, re-encoded (WebP, at "
         "most 512x512, no metadata); 200 with the character. DELETE: no avatar; 204.",
@@ -204,6 +211,7 @@ class CharacterViewSet(viewsets.ModelViewSet[Character]):
                 description="`too_large`: the file is over CARD_MAX_BYTES, or a text chunk "
                 "over CARD_MAX_CHUNK_BYTES.",
             ),
+            503: _STORAGE_UNAVAILABLE,
         },
         description="Import a character card (V1, V2 `chara`, V3 `ccv3`, which wins; PNG or "
         "JSON) as a new private character of the caller; a PNG's picture becomes its avatar.",

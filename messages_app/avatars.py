@@ -8,8 +8,8 @@ written anew as WebP, so no metadata (EXIF, GPS, text chunks) and no trailing pa
 from __future__ import annotations
 
 import io
+import logging
 import uuid
-import warnings
 from typing import Any
 
 from django.conf import settings
@@ -18,8 +18,10 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from messages_app.errors import InvalidInput, TooLarge
+from messages_app.errors import InvalidInput, TooLarge, Unavailable
 from messages_app.models import Character
+
+logger = logging.getLogger(__name__)
 
 AVATAR_SIZE = 512
 AVATAR_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
@@ -27,35 +29,42 @@ AVATAR_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
 
 
+def pixel_limit() -> int:
+    """The most pixels an upload may declare: IMAGE_MAX_PIXELS, and never more than Pillow's
+    own decompression-bomb limit (Image.MAX_IMAGE_PIXELS, over which it only warns)."""
+    limit = settings.IMAGE_MAX_PIXELS
+    if Image.MAX_IMAGE_PIXELS:
+        limit = min(limit, int(Image.MAX_IMAGE_PIXELS))
+    return limit
+
+
 def image_too_large(width: int, height: int) -> InvalidInput:
+    limit = pixel_limit()
     return InvalidInput(
-        f"The image declares {width}x{height} pixels; at most {settings.IMAGE_MAX_PIXELS} "
-        "pixels are accepted.",
+        f"The image declares {width}x{height} pixels; at most {limit} pixels are accepted.",
         code="image_too_large",
-        details={"width": width, "height": height, "max_pixels": settings.IMAGE_MAX_PIXELS},
+        details={"width": width, "height": height, "max_pixels": limit},
     )
 
 
 def image_open(raw: bytes, *, formats: tuple[str, ...]) -> Image.Image:
-    """Open and decode `raw` as one of `formats`, refusing more than IMAGE_MAX_PIXELS pixels
-    before any pixel is decoded (InvalidInput `image_too_large`) and anything Pillow cannot
-    read completely (InvalidInput `invalid_image`; truncated images are never accepted).
-
-    Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS) is stricter here: its warning is an
-    error, and its DecompressionBombError an `image_too_large`."""
+    """Open and decode `raw` as one of `formats`, refusing more than pixel_limit() pixels
+    from the image's header, before any pixel is decoded (InvalidInput `image_too_large`, as
+    Pillow's DecompressionBombError), and anything Pillow cannot read completely (InvalidInput
+    `invalid_image`; truncated images are never accepted: ImageFile.LOAD_TRUNCATED_IMAGES
+    stays off). Compressed PNG text over PngImagePlugin.MAX_TEXT_CHUNK or MAX_TEXT_MEMORY is
+    TooLarge."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=list(formats))
-            width, height = image.size
-            if width * height > settings.IMAGE_MAX_PIXELS:
-                raise image_too_large(width, height)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = Image.open(io.BytesIO(raw), formats=list(formats))
+        width, height = image.size
+        if width * height > pixel_limit():
+            raise image_too_large(width, height)
+        image.load()
+    except Image.DecompressionBombError as exc:
         raise InvalidInput(
             f"The image is too large to decode safely ({exc}).",
             code="image_too_large",
-            details={"max_pixels": settings.IMAGE_MAX_PIXELS},
+            details={"max_pixels": pixel_limit()},
         ) from exc
     except DECODE_ERRORS as exc:
         if isinstance(exc, ValueError) and "MAX_TEXT" in str(exc):
@@ -107,9 +116,16 @@ def avatar_set(*, character: Character, content: bytes) -> Character:
     """Store `content` (from avatar_encode) as the character's avatar under a new name, so
     a cached old URL never shows the new image; the old file is removed after commit."""
     old = character.avatar.name
-    name = default_storage.save(
-        f"avatars/{character.pk}-{uuid.uuid4().hex[:16]}.webp", ContentFile(content)
-    )
+    try:
+        name = default_storage.save(
+            f"avatars/{character.pk}-{uuid.uuid4().hex[:16]}.webp", ContentFile(content)
+        )
+    except OSError as exc:
+        # E.g. MEDIA_ROOT on a read-only filesystem: the deployment must mount a volume there.
+        logger.error("could not store an avatar of character %s: %r", character.pk, exc)
+        raise Unavailable(
+            "Uploaded images cannot be stored right now.", code="storage_unavailable"
+        ) from exc
     character.avatar.name = name
     Character.objects.filter(pk=character.pk).update(avatar=name)
     if old:

@@ -96,6 +96,31 @@ def card_read(raw: bytes) -> Card:
     return card_from_json(_json_file(raw))
 
 
+MAX_JSON_DEPTH = 64
+
+
+def _loads(text: str, what: str) -> dict[str, Any]:
+    """A JSON object nested at most MAX_JSON_DEPTH deep (real cards nest a few levels), so
+    that nothing later recurses out of stack on it."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _error("bad_card", f"{what} is not valid JSON: {str(exc)[:200]}.") from exc
+    if not isinstance(value, dict):
+        raise _error("bad_card", "The card's JSON is not an object.")
+    level: list[Any] = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return value
+    raise _error("bad_card", f"The card's JSON is nested deeper than {MAX_JSON_DEPTH} levels.")
+
+
 def _json_file(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8-sig")
@@ -103,13 +128,7 @@ def _json_file(raw: bytes) -> dict[str, Any]:
         raise _error("not_a_card", "The file is neither a PNG nor a JSON card.") from exc
     if not text.lstrip().startswith("{"):
         raise _error("not_a_card", "The file is neither a PNG nor a JSON card.")
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise _error("bad_card", f"The card's JSON is not valid: {exc}.") from exc
-    if not isinstance(value, dict):
-        raise _error("bad_card", "The card's JSON is not an object.")
-    return value
+    return _loads(text, "The card's JSON")
 
 
 def _check_chunks(raw: bytes) -> None:
@@ -165,12 +184,10 @@ def _decode_chunk(text: str) -> dict[str, Any]:
     except (binascii.Error, ValueError) as exc:
         raise _error("bad_card", "The card chunk is not valid base64.") from exc
     try:
-        value = json.loads(decoded.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _error("bad_card", f"The card chunk is not valid JSON: {exc}.") from exc
-    if not isinstance(value, dict):
-        raise _error("bad_card", "The card's JSON is not an object.")
-    return value
+        text = decoded.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _error("bad_card", "The card chunk is not UTF-8 text.") from exc
+    return _loads(text, "The card chunk")
 
 
 def _text(data: dict[str, Any], key: str) -> str:
@@ -205,6 +222,9 @@ def card_from_json(card: dict[str, Any], *, image: Image.Image | None = None) ->
         data = card.get("data")
         if not isinstance(data, dict):
             raise _error("bad_card", f"A {spec} card needs a `data` object.")
+    elif spec is None and isinstance(card.get("data"), dict) and "name" in card["data"]:
+        # A V2 card whose writer left out `spec` (seen in the wild): read as V2.
+        data, spec = card["data"], V2
     elif spec is None and "name" in card:
         data, spec = card, "chara_card_v1"
     else:

@@ -3,13 +3,14 @@ served at MEDIA_URL by a small view that only serves upload files."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.core.files.storage import default_storage
@@ -26,6 +27,14 @@ from tests.test_request_limits import BODY_LIMIT, Daphne
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _character(**fields: Any) -> Any:
+    return CharacterFactory(**fields)
+
+
+def _user(**fields: Any) -> Any:
+    return UserFactory(**fields)
+
+
 @pytest.fixture(autouse=True)
 def _media(settings: Any, tmp_path: Path) -> Path:
     root = tmp_path / "media"
@@ -34,8 +43,8 @@ def _media(settings: Any, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mine(user: Any) -> Character:
-    return CharacterFactory(owner=user, name="Mine", is_public=False)
+def mine(user: Any) -> Any:
+    return _character(owner=user, name="Mine", is_public=False)
 
 
 def _image(fmt: str, size: tuple[int, int] = (64, 64), mode: str = "RGB", **save: Any) -> bytes:
@@ -55,7 +64,7 @@ def _post(api: APIClient, character: Character, content: bytes, name: str = "a.p
 def _served(api: APIClient, url: str) -> tuple[Any, Image.Image]:
     resp = api.get(url)
     assert resp.status_code == 200, url
-    return resp, Image.open(io.BytesIO(b"".join(resp.streaming_content)))
+    return resp, Image.open(io.BytesIO(b"".join(cast(Any, resp).streaming_content)))
 
 
 def _error(resp: Any, status: int, code: str) -> dict[str, Any]:
@@ -100,7 +109,7 @@ def test_a_jpegs_exif_is_applied_then_dropped_and_a_gif_gives_its_first_frame(ap
     resp = _post(api, mine, out.getvalue(), "a.gif")
     assert resp.status_code == 200, resp.content
     _, image = _served(api, resp.json()["avatar_url"])
-    red, green, _ = image.convert("RGB").getpixel((20, 20))
+    red, green, _ = cast(tuple[int, int, int], image.convert("RGB").getpixel((20, 20)))
     assert red > 200 and green < 50
 
 
@@ -108,7 +117,7 @@ def test_a_webp_with_alpha_keeps_its_transparency(api, mine):
     resp = _post(api, mine, _image("WEBP", (32, 32), mode="RGBA"), "a.webp")
     assert resp.status_code == 200
     _, image = _served(api, resp.json()["avatar_url"])
-    assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0
+    assert image.mode == "RGBA" and cast(tuple[int, ...], image.getpixel((0, 0)))[3] == 0
 
 
 def test_a_new_avatar_gets_a_new_name_and_the_old_file_goes(api, mine, _media):
@@ -160,19 +169,40 @@ def test_a_decompression_bomb_is_image_too_large(api, mine):
     _error(_post(api, mine, bomb), 400, "image_too_large")
 
 
+def test_storage_that_cannot_be_written_is_503_not_500(api, mine, settings, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    settings.MEDIA_ROOT = str(tmp_path / "a-file" / "media")
+    error = _error(_post(api, mine, _image("PNG")), 503, "storage_unavailable")
+    assert error["message"]
+    assert Character.objects.get(pk=mine.pk).avatar.name == ""
+    _error(_upload_card(api), 503, "storage_unavailable")
+    assert not Character.objects.filter(name="Card with picture").exists()
+
+
+def _upload_card(api: APIClient) -> Any:
+    info = PngImagePlugin.PngInfo()
+    card = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Card with picture"}}
+    info.add_text("chara", base64.b64encode(json.dumps(card).encode()).decode())
+    return api.post(
+        "/api/v1/characters/import/",
+        {"file": SimpleUploadedFile("c.png", _image("PNG", pnginfo=info))},
+        format="multipart",
+    )
+
+
 def test_only_the_owner_or_staff_change_an_avatar(api, user):
-    public = CharacterFactory(name="Everyone's")
+    public = _character(name="Everyone's")
     _error(_post(api, public, _image("PNG")), 403, "permission_denied")
     _error(api.delete(f"/api/v1/characters/{public.pk}/avatar/"), 403, "permission_denied")
-    hidden = CharacterFactory(owner=UserFactory(username="bob"), is_public=False)
+    hidden = _character(owner=_user(username="bob"), is_public=False)
     _error(_post(api, hidden, _image("PNG")), 404, "not_found")
     staff = APIClient()
-    staff.force_authenticate(UserFactory(username="staffer", is_staff=True))
+    staff.force_authenticate(_user(username="staffer", is_staff=True))
     assert _post(staff, public, _image("PNG")).status_code == 200
 
 
 def test_a_public_characters_new_avatar_goes_back_to_review(api, user):
-    character = CharacterFactory(owner=user, is_public=True)
+    character = _character(owner=user, is_public=True)
     assert character.approval == "approved"
     body = _post(api, character, _image("PNG")).json()
     assert body["approval"] == "pending"
@@ -246,8 +276,8 @@ def _multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
 
 
 def test_under_daphne_an_avatar_over_the_body_limit_passes_and_is_served(tmp_path, monkeypatch):
-    uploader = UserFactory(username="uploader", password="pw-123456")
-    character = CharacterFactory(owner=uploader, is_public=False)
+    uploader = _user(username="uploader", password="pw-123456")
+    character = _character(owner=uploader, is_public=False)
     noise = random.Random(7).randbytes(700 * 700 * 3)
     out = io.BytesIO()
     Image.frombytes("RGB", (700, 700), noise).save(out, format="PNG", compress_level=0)

@@ -9,7 +9,7 @@ import json
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -22,6 +22,15 @@ from tests.factories import CharacterFactory, UserFactory
 from tests.helpers import run_llm_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _character(**fields: Any) -> Any:
+    return CharacterFactory(**fields)
+
+
+def _user(**fields: Any) -> Any:
+    return UserFactory(**fields)
+
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cards"
 SERAPHINA = FIXTURES / "default_Seraphina.png"
@@ -91,7 +100,7 @@ def _read_st(png: bytes) -> dict[str, Any]:
     keywords compared in lower case, base64 then JSON."""
     image = Image.open(io.BytesIO(png))
     image.load()
-    texts = {k.lower(): v for k, v in image.text.items()}
+    texts = {k.lower(): v for k, v in cast(Any, image).text.items()}
     chosen = texts.get("ccv3", texts.get("chara"))
     assert chosen is not None
     return json.loads(base64.b64decode(chosen).decode("utf-8"))
@@ -100,7 +109,7 @@ def _read_st(png: bytes) -> dict[str, Any]:
 def _chunks(png: bytes) -> dict[str, dict[str, Any]]:
     image = Image.open(io.BytesIO(png))
     image.load()
-    return {k: json.loads(base64.b64decode(v)) for k, v in image.text.items()}
+    return {k: json.loads(base64.b64decode(v)) for k, v in cast(Any, image).text.items()}
 
 
 # --- import ------------------------------------------------------------------------------------
@@ -148,6 +157,12 @@ def test_ccv3_wins_over_chara_when_a_png_has_both(api):
     resp = _upload(api, png)
     assert resp.status_code == 201, resp.content
     assert resp.json()["name"] == "V3 name" and resp.json()["greeting"] == "v3 hello"
+
+
+def test_a_v2_card_without_spec_is_read_from_its_data(api):
+    resp = _upload(api, json.dumps({"data": {"name": "No Spec", "first_mes": "Hi"}}).encode())
+    assert resp.status_code == 201, resp.content
+    assert resp.json()["name"] == "No Spec" and resp.json()["greeting"] == "Hi"
 
 
 def test_a_v1_json_card_and_a_v2_json_card_import(api):
@@ -220,6 +235,7 @@ def test_a_png_without_card_chunks_has_no_card_data(api):
         ("@@@ not base64 @@@", "base64"),
         (_b64("{not json"), "JSON"),
         (_b64("[1, 2]"), "object"),
+        (base64.b64encode(b"\xff\xfe{}").decode(), "UTF-8"),
         (_b64({"spec": "chara_card_v2", "data": "nope"}), "data"),
         (_b64({"spec": "something_else"}), "card"),
         (_b64(_v2("")), "name"),
@@ -236,6 +252,14 @@ def test_bad_card_data_in_a_png_is_bad_card(api, chunk, why):
 
 def test_bad_json_file_is_bad_card(api):
     _error(_upload(api, b'{"spec": "chara_card_v2", ', "x.json"), 400, "bad_card")
+    _error(_upload(api, b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"), 400, "bad_card")
+    deep: dict[str, Any] = {"spec": "chara_card_v2", "data": {"name": "Deep", "extensions": {}}}
+    node = deep["data"]["extensions"]
+    for _ in range(100):
+        node["x"] = {}
+        node = node["x"]
+    error = _error(_upload(api, json.dumps(deep).encode(), "deep.json"), 400, "bad_card")
+    assert "nested" in error["message"]
 
 
 def test_a_huge_text_chunk_is_too_large(api, settings):
@@ -276,12 +300,14 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(api):
     assert "2500000000" in error["message"]
 
 
+# Pillow warns from Image.open itself, before our check refuses the image.
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_pillows_own_bomb_guard_also_gives_image_too_large(api, settings):
     # Under our limit but over Pillow's MAX_IMAGE_PIXELS: its warning is an error here.
     settings.IMAGE_MAX_PIXELS = 10**10
     ihdr = struct.pack(">IIBBBBB", 10_000, 10_000, 8, 2, 0, 0, 0)
     png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
-    assert Image.MAX_IMAGE_PIXELS < 10_000 * 10_000
+    assert (Image.MAX_IMAGE_PIXELS or 0) < 10_000 * 10_000
     _error(_upload(api, png), 400, "image_too_large")
 
 
@@ -367,7 +393,7 @@ def test_png_export_has_both_chunks_in_sillytaverns_shape_and_imports_back_the_s
 
 
 def test_json_export_is_v3_and_round_trips_our_fields(api, user):
-    character = CharacterFactory(
+    character = _character(
         owner=user,
         name="Mira",
         description="Short public blurb.",
@@ -407,7 +433,7 @@ def test_json_export_is_v3_and_round_trips_our_fields(api, user):
 
 
 def test_png_export_without_an_avatar_has_a_picture_and_defaults_to_png(api, user):
-    character = CharacterFactory(owner=user, name="Plain Jane", is_public=False)
+    character = _character(owner=user, name="Plain Jane", is_public=False)
     resp = api.get(f"/api/v1/characters/{character.pk}/export/")
     assert resp.status_code == 200 and resp["Content-Type"] == "image/png"
     assert Image.open(io.BytesIO(resp.content)).size == (400, 600)
@@ -415,15 +441,15 @@ def test_png_export_without_an_avatar_has_a_picture_and_defaults_to_png(api, use
 
 
 def test_only_the_owner_or_staff_export_and_a_bad_format_is_400(api, user):
-    public = CharacterFactory(name="Public One")  # approved, no owner
+    public = _character(name="Public One")  # approved, no owner
     _error(api.get(f"/api/v1/characters/{public.pk}/export/"), 403, "permission_denied")
-    bob = UserFactory(username="bob")
-    hidden = CharacterFactory(owner=bob, is_public=False)
+    bob = _user(username="bob")
+    hidden = _character(owner=bob, is_public=False)
     _error(api.get(f"/api/v1/characters/{hidden.pk}/export/"), 404, "not_found")
-    mine = CharacterFactory(owner=user)
+    mine = _character(owner=user)
     _error(api.get(f"/api/v1/characters/{mine.pk}/export/?format=gif"), 400, "invalid")
     staff = APIClient()
-    staff.force_authenticate(UserFactory(username="staffer", is_staff=True))
+    staff.force_authenticate(_user(username="staffer", is_staff=True))
     assert staff.get(f"/api/v1/characters/{public.pk}/export/?format=json").status_code == 200
 
 

@@ -18,6 +18,15 @@ from tests.helpers import run_llm_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
+def _character(**fields: Any) -> Any:
+    return CharacterFactory(**fields)
+
+
+def _user(**fields: Any) -> Any:
+    return UserFactory(**fields)
+
+
 # SillyTavern's date formats (humanizedISO8601DateTime, getMessageTimeStamp).
 ST_CREATE_DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2} @\d{2}h \d{2}m \d{2}s \d{2,3}ms$")
 ST_SEND_DATE = re.compile(r"^[A-Z][a-z]+ \d{1,2}, \d{4} \d{1,2}:\d{2}(am|pm)$")
@@ -25,7 +34,7 @@ ST_SEND_DATE = re.compile(r"^[A-Z][a-z]+ \d{1,2}, \d{4} \d{1,2}:\d{2}(am|pm)$")
 
 @pytest.fixture
 def greeter(db: None) -> Any:
-    return CharacterFactory(
+    return _character(
         name="Greeter",
         greeting="Hello!",
         alternate_greetings=["Howdy!", "  ", "Good evening."],
@@ -91,9 +100,9 @@ def test_the_reply_answers_the_greeting_that_is_shown(api, user, greeter, fake_l
 
 
 def test_a_character_with_only_alternate_greetings_starts_with_the_first(api):
-    character = CharacterFactory(greeting="", alternate_greetings=["One", "Two"])
-    conversation = conversation_create(owner=UserFactory(), character=character)
-    assert conversation.active_leaf.content == "One"
+    character = _character(greeting="", alternate_greetings=["One", "Two"])
+    conversation = conversation_create(owner=_user(), character=character)
+    assert conversation.active_leaf is not None and conversation.active_leaf.content == "One"
     assert Message.objects.filter(conversation=conversation, parent=None).count() == 2
 
 
@@ -118,12 +127,12 @@ def test_greetings_are_edited_as_character_fields(api, user):
 
 
 def test_conversations_are_filtered_by_title_or_character_name_ignoring_case(api, user):
-    pirate = CharacterFactory(name="Captain Hook")
-    chef = CharacterFactory(name="Chef Luca")
+    pirate = _character(name="Captain Hook")
+    chef = _character(name="Chef Luca")
     a = conversation_create(owner=user, character=pirate, title="Treasure maps")
     b = conversation_create(owner=user, character=chef, title="Pasta night")
     c = conversation_create(owner=user, character=chef, title="")
-    conversation_create(owner=UserFactory(username="bob"), character=pirate, title="treasure")
+    conversation_create(owner=_user(username="bob"), character=pirate, title="treasure")
 
     def ids(q: str) -> set[int]:
         resp = api.get("/api/v1/conversations/", {"q": q})
@@ -251,7 +260,7 @@ def test_export_errors(api, conversation, other_user):
 
 
 def test_an_empty_conversation_exports_its_header(api, user):
-    conversation = conversation_create(owner=user, character=CharacterFactory(greeting=""))
+    conversation = conversation_create(owner=user, character=_character(greeting=""))
     resp = api.get(f"/api/v1/conversations/{conversation.pk}/export/?format=jsonl")
     assert resp.status_code == 200 and len(resp.content.decode().splitlines()) == 1
 
