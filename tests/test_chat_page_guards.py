@@ -157,7 +157,7 @@ def test_a_blocked_message_is_shown_blocked_in_plain_words(chat):
     message = page.locator('[data-testid="message"][data-role="user"][data-status="blocked"]')
     message.wait_for()
     notice = message.locator('[data-testid="message-error"]').inner_text()
-    assert "blocked by the content filter" in notice
+    assert "blocked by the content filter" in notice.lower()
     assert "harassment" in notice
     assert message.locator('[data-testid="message-content"]').inner_text() == INSULT
     # Its reply ended with it, blocked and empty: it is not shown; the greeting alone is.
@@ -201,7 +201,7 @@ def test_a_rate_limit_says_which_and_counts_down(chat, fake_llm_server):
     text = banner.inner_text()
     assert "limit of messages per hour" in text
     # The hour window ends at the full hour: seconds within 2 minutes of it, else minutes.
-    assert re.search(r"You can send again in \d+ (s|min)\.", text), text
+    assert re.search(r"Slow down: you can send again in \d+ (s|min)\.", text), text
     assert page.locator('[data-testid="send"]').is_disabled()
     failed = page.locator('[data-testid="message"][data-role="user"][data-status="failed"]')
     assert "sending limit" in failed.locator('[data-testid="message-error"]').inner_text()

@@ -4,7 +4,9 @@
 import { Api } from "./api.js";
 import { ChatStore } from "./store.js";
 import { ChatSocket } from "./socket.js";
-import { ThreadView } from "./render.js";
+import { ThreadView, TextView } from "./render.js";
+import { MarkdownView } from "./markdown.js";
+import { setupTheme, setupShortcuts, setupDrawer } from "./ui.js";
 import { mountConversationList, conversationLabel } from "./conversations.js";
 import { mountCharacterGallery } from "./characters.js";
 
@@ -22,6 +24,8 @@ const el = {
   composerForm: document.getElementById("composer-form"),
   composer: document.getElementById("composer"),
   send: document.getElementById("send"),
+  stop: document.getElementById("stop"),
+  hint: document.getElementById("composer-hint"),
   toasts: document.getElementById("toasts"),
   nav: document.getElementById("conversation-list"),
   gallery: document.getElementById("character-gallery"),
@@ -38,6 +42,10 @@ const state = {
   limitedUntil: 0, // Date.now() until which sends are rate limited
   limitTimer: null,
   banned: null, // the ban's details once the server says so
+  stopping: false, // a cancel was asked for and its end has not come yet
+  wasBusy: false,
+  couldAct: false,
+  actChanged: false,
   characters: new Map(), // id -> character (names for titles)
 };
 
@@ -81,21 +89,45 @@ function scrollToBottom() {
 
 // --- views -------------------------------------------------------------------------------------
 
-const thread = new ThreadView(el.items, {
-  feedback: sendFeedback,
-  report: reportMessage,
-  retry: retrySend,
-});
+const thread = new ThreadView(
+  el.items,
+  {
+    feedback: sendFeedback,
+    report: reportMessage,
+    retry: retrySend,
+    regenerate,
+    edit: editAndResend,
+    branch: switchBranch,
+    copy: copyText,
+  },
+  {
+    contentView: (node, role) => (role === "user" ? new TextView(node) : new MarkdownView(node)),
+    canAct,
+  },
+);
 let renderedVersion = -1;
 
 /* Bring the DOM up to the store: the thread's order, then every entry that changed. */
 function flush() {
   const stick = isNearBottom();
+  updateComposer(); // first: whether controls may start a reply decides how they are drawn
   if (store.threadVersion !== renderedVersion) {
     renderedVersion = store.threadVersion;
     thread.sync(store.thread);
   }
-  for (const entry of store.takeDirty()) thread.update(entry);
+  const busy = store.busy();
+  const dirty = store.takeDirty();
+  for (const key of thread.setLastReply(store.lastReply())) {
+    const entry = store.thread.find((e) => e.key === key);
+    if (entry && !dirty.includes(entry)) dirty.push(entry);
+  }
+  if (busy !== state.wasBusy || state.actChanged) {
+    // Whether controls that start a reply are usable changed: every message's buttons follow.
+    state.wasBusy = busy;
+    state.actChanged = false;
+    for (const entry of store.thread) if (!dirty.includes(entry)) dirty.push(entry);
+  }
+  for (const entry of dirty) thread.update(entry);
   updateEmptyState();
   updateComposer();
   if (stick) scrollToBottom();
@@ -117,10 +149,34 @@ function setStatus(name, label) {
   updateComposer();
 }
 
+/* Controls that start a reply (send, regenerate, edit, retry) are usable now. */
+function canAct() {
+  return (
+    !!state.current && socket.isOpen && !state.banned && Date.now() >= state.limitedUntil && !store.busy()
+  );
+}
+
 function updateComposer() {
+  const busy = store.busy();
   el.composer.disabled = !state.current || !!state.banned;
-  el.send.disabled =
-    !(state.current && socket.isOpen) || !!state.banned || Date.now() < state.limitedUntil;
+  el.send.disabled = !canAct() || !el.composer.value.trim();
+  el.stop.hidden = !store.activeReply();
+  el.stop.disabled = state.stopping;
+  let hint = "";
+  if (busy && store.activeReply()) {
+    hint = state.stopping
+      ? "Stopping…"
+      : "A reply is being written: Send is off until it ends. Stop it with the Stop button or Esc.";
+  } else if (busy) {
+    hint = "Sending…";
+  }
+  if (el.hint.textContent !== hint) el.hint.textContent = hint;
+  el.hint.hidden = !hint;
+  const act = canAct();
+  if (act !== state.couldAct) {
+    state.couldAct = act;
+    state.actChanged = true;
+  }
 }
 
 // --- limits and bans, in plain words -------------------------------------------------------------
@@ -152,16 +208,18 @@ function rateLimited(limit, retryAfter) {
       state.limitTimer = null;
       hideBanner();
       updateComposer();
+      flush();
       return;
     }
     showBanner(
-      "You have reached your limit of " + what + ". You can send again in " + waitText(left) + ".",
+      "Slow down: you can send again in " + waitText(left) + ". You have reached your limit of " + what + ".",
       "rate-limited",
     );
   };
   tick();
   state.limitTimer = setInterval(tick, 1000);
   updateComposer();
+  flush();
 }
 
 // The account is suspended: say until when and why; nothing can be sent meanwhile.
@@ -235,11 +293,14 @@ function handleFrame(frame) {
       return;
     case "generation.completed":
       store.ended(frame, "completed");
+      state.stopping = false;
       break;
     case "generation.cancelled":
       store.ended(frame, "cancelled");
+      state.stopping = false;
       break;
     case "generation.failed":
+      state.stopping = false;
       if (!store.failed(frame)) {
         toast("The reply could not be generated: " + ((frame.error && frame.error.message) || "unknown error"), "error");
       }
@@ -258,7 +319,9 @@ function handleFrame(frame) {
       break;
     case "error": {
       const err = frame.error || {};
-      if (err.code === "content_blocked") {
+      if (err.code === "already_finished") {
+        state.stopping = false; // a stop that came too late: the reply had ended
+      } else if (err.code === "content_blocked") {
         store.blockPending(err.details);
         toast("Your message was blocked by the content filter.", "error");
       } else if (err.code === "banned") {
@@ -326,16 +389,20 @@ function updateConversation(conv) {
   }
 }
 
-async function loadMessages(token, merge) {
+async function loadMessages(token, merge, { keepScroll = false } = {}) {
   const conv = state.current;
   const data = await api.listMessages(conv.id, { limit: PAGE_SIZE });
   if (token !== state.openToken) return;
   const results = (data && data.results) || [];
-  if (!merge) state.olderUrl = (data && data.next) || null;
+  const before = store.thread.length ? store.thread[0] : null;
   store.setThread(results);
+  const joined = before !== null && store.thread[0] === before && results.length && store.thread[0].msg.id !== results[0].id;
+  if (!merge || !joined) state.olderUrl = (data && data.next) || null;
   el.loadOlder.hidden = !state.olderUrl;
+  const top = el.messages.scrollTop;
   flush();
-  if (!merge) scrollToBottom();
+  if (keepScroll) el.messages.scrollTop = top;
+  else if (!merge) scrollToBottom();
 }
 
 async function loadOlder() {
@@ -360,6 +427,7 @@ async function loadOlder() {
 
 async function openConversation(conv) {
   socket.close();
+  state.stopping = false;
   store.reset(conv.id);
   thread.clear();
   renderedVersion = -1;
@@ -416,6 +484,7 @@ async function startChat(characterId) {
   try {
     const conv = await api.createConversation(characterId);
     closeGallery();
+    drawer.close();
     conversations.upsert(conv);
     openConversation(conv);
   } catch (err) {
@@ -428,14 +497,14 @@ async function startChat(characterId) {
 
 function sendMessage() {
   const text = el.composer.value;
-  if (!text.trim() || !state.current || !socket.isOpen || state.banned) return;
-  if (Date.now() < state.limitedUntil) return;
+  if (!text.trim() || !canAct()) return;
   const clientId = newClientId();
   store.addPending({ content: text, client_id: clientId, conversation_id: state.current.id });
   flush();
   scrollToBottom();
   socket.send({ type: "message.send", content: text, client_id: clientId });
   el.composer.value = "";
+  updateComposer();
   el.composer.focus();
 }
 
@@ -444,9 +513,125 @@ function retrySend(entry) {
     toast("Not connected yet; try again in a moment.", "error");
     return;
   }
+  if (!canAct()) return;
   store.resend(entry);
   flush();
   socket.send({ type: "message.send", content: entry.msg.content, client_id: entry.msg.client_id });
+}
+
+// A REST call that starts a reply was refused: say why in words.
+function refused(err, what) {
+  if (err.code === "rate_limited") rateLimited(err.details.limit, err.details.retry_after);
+  else if (err.code === "banned") banned(err.details);
+  else if (err.code === "content_blocked") toast("Blocked by the content filter: " + what + " was not sent.", "error");
+  else toast("Could not " + what + ": " + err.message, "error");
+}
+
+async function regenerate(entry) {
+  if (entry.msg.id == null || !canAct()) return;
+  try {
+    const answer = await api.regenerate(entry.msg.id);
+    if (answer && answer.assistant_message) store.upsert(answer.assistant_message);
+  } catch (err) {
+    refused(err, "write another reply");
+  }
+  flush();
+  scrollToBottom();
+}
+
+async function editAndResend(entry, text) {
+  if (entry.msg.id == null || !canAct()) return;
+  try {
+    const answer = await api.editMessage(entry.msg.id, text);
+    for (const msg of [answer.user_message, answer.assistant_message]) if (msg) store.upsert(msg);
+    thread.closeEditor(entry);
+  } catch (err) {
+    refused(err, "send the edit");
+    if (err.details && err.details.message_id != null) loadMessages(state.openToken, true);
+  }
+  flush();
+  scrollToBottom();
+}
+
+/* ‹ › on a message with siblings: show the branch through the sibling `delta` away, redrawn in
+ * place (the switched message stays where it was on the screen). */
+async function switchBranch(entry, delta) {
+  const sib = entry.msg.siblings;
+  if (!sib || !state.current || store.busy()) return;
+  const target = sib.ids[sib.position - 1 + delta];
+  if (target == null) return;
+  const token = state.openToken;
+  const node = el.items.querySelector('[data-id="' + entry.msg.id + '"]');
+  const top = node ? node.getBoundingClientRect().top : null;
+  try {
+    const conv = await api.switchBranch(state.current.id, target);
+    if (token !== state.openToken) return;
+    if (conv) state.current = Object.assign({}, state.current, conv);
+    await loadMessages(token, true, { keepScroll: true });
+  } catch (err) {
+    toast("Could not switch to that alternative: " + err.message, "error");
+    return;
+  }
+  const moved = el.items.querySelector('[data-id="' + target + '"]');
+  if (moved && top !== null) el.messages.scrollTop += moved.getBoundingClientRect().top - top;
+  if (moved) {
+    const again = moved.querySelector(delta < 0 ? '[data-testid="branch-prev"]' : '[data-testid="branch-next"]');
+    if (again && document.activeElement && document.activeElement.closest(".branch")) again.focus();
+  }
+}
+
+/* The arrow keys, as in SillyTavern: swipe the last message between its alternatives; right
+ * on the last reply's last alternative writes a new one. */
+function swipe(delta) {
+  const last = store.thread[store.thread.length - 1];
+  if (!last || store.busy()) return;
+  const sib = last.msg.siblings;
+  const position = sib ? sib.position : 1;
+  const total = sib ? sib.total : 1;
+  if (delta < 0 && position > 1) switchBranch(last, -1);
+  else if (delta > 0 && position < total) switchBranch(last, 1);
+  else if (delta > 0 && last.msg.role === "assistant" && last.msg.parent_id != null) regenerate(last);
+}
+
+function stopReply() {
+  const entry = store.activeReply();
+  if (!entry || state.stopping) return;
+  const gen = entry.msg.generation_id;
+  if (gen == null) return;
+  state.stopping = true;
+  updateComposer();
+  if (!socket.send({ type: "generation.cancel", generation_id: gen })) {
+    api.cancelGeneration(gen).then(
+      (answer) => {
+        if (answer && answer.message) store.ended({ generation_id: gen, message: answer.message }, "cancelled");
+        state.stopping = false;
+        flush();
+      },
+      (err) => {
+        state.stopping = false;
+        if (err.code !== "already_finished") toast("Could not stop the reply: " + err.message, "error");
+        flush();
+      },
+    );
+  }
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (e) {
+    // No clipboard API (an insecure origin): the old way.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  toast("Copied");
 }
 
 async function sendFeedback(entry, rating) {
@@ -487,6 +672,7 @@ const conversations = mountConversationList(el.nav, {
   api,
   onOpen(id) {
     closeGallery();
+    drawer.close();
     if (!(state.current && state.current.id === id)) openById(id);
   },
   getActiveId: () => (state.current ? state.current.id : null),
@@ -507,6 +693,7 @@ const gallery = mountCharacterGallery(el.gallery, {
 });
 
 el.showCharacters.addEventListener("click", () => {
+  drawer.close();
   el.showCharacters.setAttribute("aria-expanded", "true");
   gallery.open();
 });
@@ -514,11 +701,35 @@ el.showCharacters.addEventListener("click", () => {
 // --- wiring ----------------------------------------------------------------------------------------
 
 el.loadOlder.addEventListener("click", loadOlder);
+// Copy buttons of code blocks (made by markdown.js): one listener for all of them.
+el.items.addEventListener("click", (event) => {
+  const button = event.target.closest && event.target.closest(".copy-code");
+  if (!button) return;
+  const pre = button.closest(".code-block").querySelector("pre");
+  if (pre) copyText(pre.textContent.replace(/\n$/, ""));
+});
+el.stop.addEventListener("click", stopReply);
+setupTheme(document.getElementById("theme-toggle"));
+const drawer = setupDrawer(document.getElementById("sidebar-toggle"), document.getElementById("sidebar"));
+setupShortcuts({
+  overlay: document.getElementById("shortcuts-overlay"),
+  button: document.getElementById("shortcuts-button"),
+  composer: el.composer,
+  stop: () => {
+    if (store.activeReply()) {
+      stopReply();
+      return true;
+    }
+    return false;
+  },
+  swipe,
+});
 el.banner.querySelector(".banner-close").addEventListener("click", hideBanner);
 el.composerForm.addEventListener("submit", (event) => {
   event.preventDefault();
   sendMessage();
 });
+el.composer.addEventListener("input", updateComposer);
 el.composer.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
