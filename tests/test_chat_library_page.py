@@ -87,7 +87,13 @@ class Session:
     """A logged-in browser page of a new user, and what it logged that a person would not want."""
 
     def __init__(
-        self, web: str, browser: Any, tmp: Path, *, viewport: dict[str, int] | None = None
+        self,
+        web: str,
+        browser: Any,
+        tmp: Path,
+        *,
+        viewport: dict[str, int] | None = None,
+        color_scheme: str = "light",
     ) -> None:
         self.web = web
         self.shots = Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp)
@@ -96,7 +102,9 @@ class Session:
         client = Client()
         client.force_login(user)
         cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
-        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 860})
+        self.context = browser.new_context(
+            viewport=viewport or {"width": 1280, "height": 860}, color_scheme=color_scheme
+        )
         self.context.add_cookies(
             [{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": web}]
         )
@@ -113,7 +121,7 @@ class Session:
 
     def open(self, fragment: str = "") -> Any:
         self.page.goto(f"{self.web}/{fragment}")
-        self.page.wait_for_selector("#conversation-list")
+        self.page.wait_for_selector("#conversation-list", state="attached")
         return self.page
 
     def gallery(self) -> Any:
@@ -520,8 +528,15 @@ def test_a_title_made_by_the_server_appears_in_the_list_live(session):
     item.locator('[data-testid="conversation-title"]', has_text="Storm warnings").wait_for()
 
 
-def test_the_gallery_starts_a_chat_and_fits_a_phone(web, browser, tmp_path):
-    session = Session(web, browser, tmp_path, viewport={"width": 375, "height": 780})
+def _luminance(css_color: str) -> float:
+    r, g, b = (int(v) for v in css_color[css_color.index("(") + 1 : -1].split(",")[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def test_the_gallery_starts_a_chat_and_fits_a_phone_in_the_dark(web, browser, tmp_path):
+    session = Session(
+        web, browser, tmp_path, viewport={"width": 375, "height": 780}, color_scheme="dark"
+    )
     try:
         character: Any = CharacterFactory(
             name="Captain Phone", description="Fits in a pocket.", greeting="Ahoy, small screen!"
@@ -537,6 +552,12 @@ def test_the_gallery_starts_a_chat_and_fits_a_phone(web, browser, tmp_path):
         assert overflow <= 0
         box = card.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+        # The system's dark theme reaches the cards: light text on a dark card.
+        card_bg = card.evaluate("el => getComputedStyle(el).backgroundColor")
+        name_color = card.locator('[data-testid="character-name"]').evaluate(
+            "el => getComputedStyle(el).color"
+        )
+        assert _luminance(card_bg) < 0.25 < 0.75 < _luminance(name_color)
         session.shot("gallery-mobile")
         assert page.locator("#character-gallery .cg-toolbar").bounding_box()["width"] <= 375
         page.click('[data-testid="character-new"]')
