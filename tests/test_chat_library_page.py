@@ -244,6 +244,7 @@ def test_importing_a_card_png_shows_it_in_the_gallery_with_its_avatar(session, t
     assert "1 alternate greeting" in card.inner_text()
     imported = Character.objects.get(owner=session.user, name="Lighthouse Keeper")
     assert imported.is_public is False
+    assert card.locator('[data-testid="character-badge"]').inner_text() == "Private"
     # Export links for the owner: a PNG and a JSON card download of this character.
     png_href = card.locator('[data-testid="character-export-png"]').get_attribute("href")
     json_href = card.locator('[data-testid="character-export-json"]').get_attribute("href")

@@ -98,11 +98,14 @@ export function mountCharacterGallery(sectionEl, options) {
     const greeting = character.greeting || "";
     const alternates = (character.alternate_greetings || []).length;
     const badges = [];
-    if (character.is_owner && character.approval && character.approval !== "approved") {
-      badges.push(h("span", { class: `cg-badge cg-badge-${character.approval}` },
-        character.approval === "pending" ? "Awaiting review" : "Not approved"));
+    if (character.is_owner) {
+      // Sharing needs a moderator's approval; a private character is usable at once.
+      const [text, kind] = !character.is_public ? ["Private", ""]
+        : character.approval === "approved" ? ["Public", ""]
+          : character.approval === "rejected" ? ["Not approved for sharing", "rejected"]
+            : ["Public after review", "pending"];
+      badges.push(h("span", { class: `cg-badge${kind ? ` cg-badge-${kind}` : ""}`, "data-testid": "character-badge" }, text));
     }
-    if (character.is_owner && character.is_public) badges.push(h("span", { class: "cg-badge" }, "Public"));
     return h("li", { class: "cg-card", "data-testid": "character-card", "data-id": String(character.id) },
       h("div", { class: "cg-card-head" },
         avatarElement(character, "cg-avatar"),
