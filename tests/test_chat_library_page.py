@@ -270,6 +270,12 @@ def test_importing_a_card_png_shows_it_in_the_gallery_with_its_avatar(session, t
     assert page.locator(CARD).first.get_attribute("data-id") == str(
         Character.objects.get(owner=session.user, name="Seraphina").pk
     )
+    # The arrow keys go from card to card.
+    seraphina.locator('[data-testid="character-edit"]').focus()
+    page.keyboard.press("ArrowRight")
+    focused = "document.activeElement.closest('[data-testid=character-card]').dataset.id"
+    assert page.evaluate(focused) == str(imported.pk)
+    assert page.evaluate("document.activeElement.dataset.testid") == "character-edit"
     session.shot("gallery-imported")
 
 
@@ -493,6 +499,11 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     assert "Reefs & <shoals>" in confirm.inner_text()
     session.shot("delete-confirm")
     page.click('[data-testid="conversation-delete-cancel"]')
+    confirm.wait_for(state="hidden")
+    item.hover()
+    item.locator('[data-testid="conversation-delete"]').click()
+    confirm.wait_for()
+    page.keyboard.press("Escape")
     confirm.wait_for(state="hidden")
     assert Conversation.objects.filter(pk=week.pk).exists()
     item.hover()

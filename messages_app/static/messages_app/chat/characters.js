@@ -267,11 +267,25 @@ export function mountCharacterGallery(sectionEl, options) {
   }
   closeButton.addEventListener("click", close);
   sectionEl.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !event.defaultPrevented && !editor.isOpen()) {
+    if (event.defaultPrevented || editor.isOpen()) return;
+    if (event.key === "Escape") {
       event.preventDefault();
       close();
+      return;
     }
+    // Arrow keys move between the cards (and so never reach the chat behind the gallery).
+    const card = event.target instanceof Element ? event.target.closest(".cg-card") : null;
+    const step = { ArrowRight: 1, ArrowDown: columns(), ArrowLeft: -1, ArrowUp: -columns() }[event.key];
+    if (!card || !step || event.target.matches("input, textarea, select")) return;
+    event.preventDefault();
+    const cards = Array.from(grid.querySelectorAll(".cg-card"));
+    const next = cards[cards.indexOf(card) + step];
+    if (next) focusCard(next.getAttribute("data-id"), event.target.getAttribute("data-testid"));
   });
+  function columns() {
+    const style = getComputedStyle(grid).gridTemplateColumns;
+    return Math.max(1, style.split(" ").filter(Boolean).length);
+  }
 
   const editor = createEditor({
     api,

@@ -103,6 +103,10 @@ export function mountConversationList(navEl, options) {
   let pendingDelete = null; // {id, returnFocus}
 
   confirmCancel.addEventListener("click", () => confirmDialog.close());
+  // Escape closes the dialog (the browser's `cancel`) and nothing else: not a streaming reply.
+  confirmDialog.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") event.stopPropagation();
+  });
   // `close` comes after the dialog has gone (a task later): the focus is placed here.
   confirmDialog.addEventListener("close", () => {
     const pending = pendingDelete || {};
