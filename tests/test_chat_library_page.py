@@ -411,7 +411,9 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     now = timezone.localtime()
     since_midnight = now - now.replace(hour=0, minute=0, second=0, microsecond=0)
     today = _conversation(user, pirate, title="", ago=timedelta(minutes=1))
-    _conversation(user, poet, title="Sonnets at dusk", ago=since_midnight + timedelta(hours=2))
+    sonnets = _conversation(
+        user, poet, title="Sonnets at dusk", ago=since_midnight + timedelta(hours=2)
+    )
     week = _conversation(user, pirate, title="Charting reefs", ago=timedelta(days=4))
     _conversation(user, poet, title="Haiku drafts", ago=timedelta(days=20))
     _conversation(user, pirate, title="The old voyage", ago=timedelta(days=100))
@@ -515,6 +517,17 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     # The focus stays in the list, on the next conversation.
     page.wait_for_function("document.activeElement.dataset.part === 'open'")
     assert page.evaluate("document.activeElement.closest('[data-id]').dataset.id") != str(week.pk)
+
+    # Deleting the open conversation opens the next one, not a dead thread.
+    active = page.locator(f'{ITEM}[data-id="{today.pk}"]')
+    active.locator('[data-testid="conversation-delete"]').click()
+    page.click('[data-testid="conversation-delete-confirm"]')
+    active.wait_for(state="detached")
+    page.wait_for_url(f"**/#conversation-{sonnets.pk}")
+    page.locator('[data-testid="chat-title"]', has_text="Sonnets at dusk").wait_for()
+    page.wait_for_selector('[data-testid="connection-status"][data-state="open"]')
+    assert page.locator('[data-testid="banner"]').is_hidden()
+    assert not Conversation.objects.filter(pk=today.pk).exists()
 
 
 def test_a_title_made_by_the_server_appears_in_the_list_live(session):
