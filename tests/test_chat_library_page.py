@@ -461,6 +461,13 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     item.locator('[data-testid="conversation-title"]', has_text="Reefs & <shoals>").wait_for()
     week.refresh_from_db()
     assert week.title == "Reefs & <shoals>"
+    # Renaming the open conversation renames the chat's header too.
+    opened = page.locator(f'{ITEM}[data-id="{today.pk}"]')
+    opened.locator('[data-testid="conversation-rename"]').click()
+    box.fill("Captain's log")
+    box.press("Enter")
+    page.locator('[data-testid="chat-title"]', has_text="Captain's log").wait_for()
+
     # From the keyboard: arrows move down the list from the search box, F2 renames, and
     # Escape gives the rename up.
     page.focus('[data-testid="conversation-search"]')

@@ -676,6 +676,7 @@ const conversations = mountConversationList(el.nav, {
     if (!(state.current && state.current.id === id)) openById(id);
   },
   getActiveId: () => (state.current ? state.current.id : null),
+  onChanged: updateConversation,
 });
 
 function closeGallery() {

@@ -48,13 +48,14 @@ function shortTime(time, group) {
 
 /**
  * Mount the list into `navEl`.
- * options: { api, onOpen(conversationId), getActiveId(), onDeleted?(conversationId) }
+ * options: { api, onOpen(conversationId), getActiveId(), onDeleted?(conversationId, {wasActive}),
+ *            onChanged?(conversation) (after a rename) }
  * returns { refresh(), setActive(id), upsert(conversation), remove(id) }
  * A deleted conversation is also announced as a `conversation-deleted` event on `navEl`
  * (detail: {id, wasActive}).
  */
 export function mountConversationList(navEl, options) {
-  const { api, onOpen, getActiveId, onDeleted } = options;
+  const { api, onOpen, getActiveId, onDeleted, onChanged } = options;
   ensureLibraryStyles();
 
   const state = {
@@ -320,8 +321,10 @@ export function mountConversationList(navEl, options) {
         input.disabled = true;
         try {
           const updated = await api.renameConversation(id, title);
-          state.items.set(id, mergeConversation(conv, updated || { ...conv, title }));
+          const merged = mergeConversation(conv, updated || { ...conv, title });
+          state.items.set(id, merged);
           say("Conversation renamed.");
+          if (onChanged) onChanged(merged); // the page's header follows
         } catch (err) {
           done = false;
           input.disabled = false;
