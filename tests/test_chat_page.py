@@ -5,7 +5,7 @@ regenerate and the alternatives, edit, a reload mid-stream, Markdown and code, a
 retry, a rate limit in words, the alternate greetings, the shortcuts, the themes and a phone's
 screen.
 
-Screenshots go to $CHAT_SCREENSHOTS when it names a directory (docs/screenshots/ holds the
+Screenshots go to $TEST_ARTIFACTS_DIR when it names a directory (docs/screenshots/ holds the
 committed ones), else to the test's tmp_path."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ USER = MESSAGE + '[data-role="user"]'
 
 
 def shot(page: Any, name: str, tmp_path: Path) -> None:
-    where = os.environ.get("CHAT_SCREENSHOTS")
+    where = os.environ.get("TEST_ARTIFACTS_DIR")
     folder = Path(where) if where else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / f"{name}.png"))

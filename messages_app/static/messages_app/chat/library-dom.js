@@ -16,11 +16,12 @@ export function h(tag, attrs, ...children) {
   return node;
 }
 
-/** library.css, once, next to this module (the page may also link it in its template). */
+/** library.css, once, next to this module, unless the page links it already (the chat
+ * template does, under its hashed static name, so it is styled before the first paint). */
 export function ensureLibraryStyles() {
   const href = new URL("./library.css", import.meta.url).href;
   for (const link of document.querySelectorAll('link[rel="stylesheet"]')) {
-    if (link.href === href) return;
+    if (link.href === href || /\/chat\/library(\.[0-9a-f]+)?\.css$/.test(new URL(link.href).pathname)) return;
   }
   document.head.appendChild(h("link", { rel: "stylesheet", href }));
 }
