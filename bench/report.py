@@ -807,7 +807,7 @@ def _code_section(data: dict[str, Any]) -> list[str]:
         return f"commit {info.get('commit') or '?'} (sources sha256 {info.get('sha256', '?')})"
 
     return [
-        "### 10. This change's code beside the code before it (issue 10)",
+        "### 10. This change's code beside the code before it",
         "",
         f"Two stacks, both guards on, as deployed: one runs the code before the change"
         f" ({code('before')}), one this code ({code('after')}). Each as the main one, plus the"
