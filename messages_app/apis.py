@@ -35,6 +35,7 @@ from messages_app.openapi import RATE_LIMIT_HEADERS, ErrorSerializer, send_respo
 from messages_app.safety_flow import input_wait_and_settle
 from messages_app.serializers import (
     CancelResultSerializer,
+    CharacterOptionsSerializer,
     CharacterSerializer,
     ConversationSerializer,
     ConversationUpdateSerializer,
@@ -194,6 +195,15 @@ class CharacterViewSet(viewsets.ModelViewSet[Character]):
         characters.character_avatar_set(character=character, actor=request.user, content=content)
         character.refresh_from_db()
         return self._render(character)
+
+    @extend_schema(
+        responses=CharacterOptionsSerializer,
+        description="The model settings the caller may give a character: providers, models "
+        "(null: any, for staff), and the temperature and max_tokens bounds and defaults.",
+    )
+    @action(detail=False, methods=["get"], url_path="options")
+    def llm_options(self, request: Request) -> Response:
+        return Response(characters.character_llm_options(user=request.user))
 
     @extend_schema(
         request=_FILE_UPLOAD,

@@ -63,6 +63,26 @@ def character_check_llm_choice(*, user: Any, provider: str, model: str) -> None:
         )
 
 
+def character_llm_options(*, user: Any) -> dict[str, Any]:
+    """What `user` may choose for a character's model settings, for the editor: the providers
+    (staff: every one), the models (`None` for staff: any name), and the bounds and defaults
+    the server applies. The same rules as character_check_llm_choice and the serializer."""
+    staff = _is_staff(user)
+    providers = [
+        {"value": value, "label": str(label)}
+        for value, label in Character.Provider.choices
+        if staff or value in settings.CHARACTER_ALLOWED_PROVIDERS
+    ]
+    return {
+        "providers": providers,
+        "models": None if staff else list(settings.CHARACTER_ALLOWED_MODELS),
+        "default_provider": settings.DEFAULT_LLM_PROVIDER,
+        "default_model": settings.DEFAULT_MODEL,
+        "temperature": {"min": 0.0, "max": 2.0, "default": settings.DEFAULT_TEMPERATURE},
+        "max_tokens": {"min": 1, "max": settings.MAX_TOKENS_PER_REQUEST},
+    }
+
+
 def character_create(*, owner: Any, data: dict[str, Any]) -> Character:
     """A new character of `owner` from validated fields. A user who is not staff gets it
     `pending` (public or not: making it public later needs the review anyway); staff's is

@@ -344,3 +344,35 @@ class ReportSerializer(serializers.ModelSerializer[Report]):
         fields = ["id", "message_id", "reason", "created_at"]
         read_only_fields = ["id", "message_id", "created_at"]
         extra_kwargs = {"reason": {"max_length": 2000, "allow_blank": False}}
+
+
+class _ProviderChoiceSerializer(serializers.Serializer[Any]):
+    value = serializers.CharField(help_text='"" is the service default.')
+    # A declared field (DRF's metaclass takes it out of the class): not Field.label.
+    label = serializers.CharField()  # type: ignore[assignment]
+
+
+class _FloatRangeSerializer(serializers.Serializer[Any]):
+    min = serializers.FloatField()
+    max = serializers.FloatField()
+    default = serializers.FloatField()
+
+
+class _IntRangeSerializer(serializers.Serializer[Any]):
+    min = serializers.IntegerField()
+    max = serializers.IntegerField()
+
+
+class CharacterOptionsSerializer(serializers.Serializer[Any]):
+    """What the caller may choose for a character's model settings (the editor's choices)."""
+
+    providers = _ProviderChoiceSerializer(many=True)
+    models = serializers.ListField(
+        child=serializers.CharField(allow_blank=True),
+        allow_null=True,
+        help_text='The allowed model names ("" = the service default); null: any name (staff).',
+    )
+    default_provider = serializers.CharField()
+    default_model = serializers.CharField()
+    temperature = _FloatRangeSerializer()
+    max_tokens = _IntRangeSerializer()

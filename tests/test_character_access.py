@@ -153,6 +153,33 @@ def test_an_owner_may_edit_a_character_that_staff_put_outside_the_allowlist_if_t
 # --- approval ---------------------------------------------------------------------------------
 
 
+def test_the_options_list_what_the_caller_may_choose_and_each_is_accepted(
+    api: APIClient, settings: Any
+) -> None:
+    settings.MAX_TOKENS_PER_REQUEST = 1024
+    response = api.get("/api/v1/characters/options/")
+    assert response.status_code == 200
+    options = response.json()
+    assert [p["value"] for p in options["providers"]] == ALLOWED_PROVIDERS
+    assert options["providers"][0]["label"] == "Service default"
+    assert options["models"] == ALLOWED_MODELS
+    assert options["max_tokens"] == {"min": 1, "max": 1024}
+    assert options["temperature"]["min"] == 0 and options["temperature"]["max"] == 2
+    # What the options offer, the server takes; one step beyond them, it refuses.
+    for provider in options["providers"]:
+        for model in options["models"]:
+            created = _create(api, provider=provider["value"], model=model, max_tokens=1024)
+            assert created.status_code == 201, created.json()
+    assert _create(api, max_tokens=1025).status_code == 400
+    assert _create(api, temperature=2.01).status_code == 400
+
+
+def test_staff_options_offer_every_provider_and_any_model(staff: Any) -> None:
+    options = _client(staff).get("/api/v1/characters/options/").json()
+    assert [p["value"] for p in options["providers"]] == [v for v, _ in Character.Provider.choices]
+    assert options["models"] is None
+
+
 def test_a_new_public_character_of_a_user_is_pending_and_only_its_owner_sees_it(
     api: APIClient, user: Any, bob: Any
 ) -> None:

@@ -318,6 +318,23 @@ def test_a_character_is_created_and_edited_with_errors_shown_by_field(session, t
     editor.wait_for()
     # The dialog takes the focus, on its first field.
     assert page.evaluate("document.activeElement.dataset.testid") == "character-field-name"
+    # Before any save, the editor offers what the server allows (GET characters/options/).
+    options = page.evaluate(
+        "fetch('/api/v1/characters/options/', {credentials: 'same-origin'}).then(r => r.json())"
+    )
+    hint = page.locator('[data-testid="character-allowed"]')
+    page.wait_for_function(
+        "el => el.textContent.includes('Allowed models')", arg=hint.element_handle()
+    )
+    allowed = [m or "the default" for m in options["models"]]
+    assert f"Allowed models: {', '.join(allowed)}." in hint.inner_text()
+    max_tokens = page.locator('[data-testid="character-field-max_tokens"]')
+    assert max_tokens.get_attribute("max") == str(options["max_tokens"]["max"])
+    enabled = page.eval_on_selector_all(
+        '[data-testid="character-field-provider"] option:not([disabled])',
+        "os => os.map(o => o.value)",
+    )
+    assert enabled == [p["value"] for p in options["providers"]]
     page.fill('[data-testid="character-field-name"]', "Ada")
     page.fill('[data-testid="character-field-description"]', "A patient tutor of mathematics.")
     page.fill('[data-testid="character-field-greeting"]', "Shall we begin with a proof?")

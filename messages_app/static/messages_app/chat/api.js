@@ -137,6 +137,10 @@ export class Api {
   getCharacter(id) {
     return this.get(`characters/${id}/`);
   }
+  /** What the caller may choose for a character's model settings (GET characters/options/). */
+  characterOptions() {
+    return this.get("characters/options/");
+  }
   createCharacter(data) {
     return this.request("characters/", { method: "POST", body: data });
   }

@@ -261,6 +261,32 @@ export function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
     hint.textContent = parts.join(" ");
   }
 
+  /* The server's choices (GET characters/options/), asked once per page: the providers and
+   * models the caller may pick, and the bounds and defaults of temperature and max tokens. */
+  let optionsAsked = false;
+  async function loadOptions() {
+    if (optionsAsked || !api.characterOptions) return;
+    optionsAsked = true;
+    let options;
+    try {
+      options = await api.characterOptions();
+    } catch {
+      optionsAsked = false; // the save's validation still says what is allowed
+      return;
+    }
+    state.allowedProviders = options.providers.map((p) => String(p.value));
+    if (Array.isArray(options.models)) state.allowedModels = options.models.map(String);
+    const t = options.temperature;
+    fields.temperature.min = String(t.min);
+    fields.temperature.max = String(t.max);
+    fields.temperature.placeholder = `Default ${t.default}`;
+    fields.max_tokens.min = String(options.max_tokens.min);
+    fields.max_tokens.max = String(options.max_tokens.max);
+    fields.max_tokens.placeholder = `Up to ${options.max_tokens.max}`;
+    fields.model.placeholder = `Default: ${options.default_model}`;
+    if (dialog.open) applyAllowed();
+  }
+
   function fill(character) {
     const c = character || {};
     for (const [name, input] of Object.entries(fields)) {
@@ -309,6 +335,7 @@ export function createEditor({ api, state, onSaved, onDeleted, afterClose }) {
     saveButton.disabled = false;
     fill(editing);
     applyAllowed();
+    loadOptions();
     dialog.showModal();
     fields.name.focus();
   }
