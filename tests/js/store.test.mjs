@@ -174,6 +174,24 @@ test("switching branch: the loaded branch replaces the thread, the shared start 
   assert.ok(store.threadVersion > 0);
 });
 
+test("a message not sent stays with its branch: off the thread while another is shown", () => {
+  const store = started();
+  store.ended({ generation_id: "g1" }, "completed");
+  const pending = store.addPending({ content: "Again", client_id: "c2", conversation_id: CONV });
+  store.failPending("Not sent", { code: "rate_limited" });
+  assert.equal(pending.msg.parent_id, 3);
+  const other = [
+    msg({ id: 10, parent_id: 1, role: "user", content: "Hello instead" }),
+    msg({ id: 11, parent_id: 10, content: "Other answer" }),
+  ];
+  store.setThread(other);
+  assert.deepEqual(ids(store), [1, 10, 11]); // not at the end of the other branch
+  store.setThread([msg({ id: 2, parent_id: 1, role: "user", content: "Hi" }), msg({ id: 3, parent_id: 2, content: "Hello" })]);
+  assert.deepEqual(ids(store), [1, 2, 3, null]);
+  assert.equal(store.thread[3], pending);
+  assert.equal(pending.msg.status, "failed");
+});
+
 test("switching to another greeting: a root sibling starts a thread of its own", () => {
   const store = started();
   store.setThread([msg({ id: 20, parent_id: null, content: "Another greeting", siblings: { ids: [1, 20], position: 2, total: 2 } })]);

@@ -229,8 +229,9 @@ export class ChatStore {
   }
 
   /* The active branch as loaded over REST (a page, oldest first) becomes the thread. Older
-   * entries already shown stay when the page continues them; local sends still on their way
-   * stay at the end. */
+   * entries already shown stay when the page continues them; local sends (on their way, or
+   * not sent) stay at the end when they answer a message of this branch, and wait, off the
+   * thread, while another branch is shown (a Retry there would answer the wrong turn). */
   setThread(messages) {
     const page = [];
     for (const msg of messages) {
@@ -244,7 +245,10 @@ export class ChatStore {
       if (index >= 0) list = this.thread.slice(0, index + 1).concat(page);
     }
     for (const entry of this.pending.values()) {
-      if (!list.includes(entry)) list = list.concat([entry]);
+      if (list.includes(entry)) continue;
+      const parent = entry.msg.parent_id;
+      if (parent != null && !list.some((e) => e.msg.id === parent)) continue; // another branch
+      list = list.concat([entry]);
     }
     this._setThread(list);
     return list;
