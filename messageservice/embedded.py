@@ -170,16 +170,24 @@ def llama_threads() -> int:
 # (DEFAULT_REPEAT_PENALTY) also holds down the model's own end of turn while the prompt's last
 # <|im_end|> is in the penalty window: the reply rambles on to max_tokens. Measured on the
 # demo captain's 20-turn chat (3 runs, 60 replies): repeat_penalty 1.1 alone ended 49 of 60
-# replies with `stop`; with this bias, 60 of 60 (55 tokens a reply on average).
+# replies with `stop`; with this bias, 60 of 60 (55 tokens a reply on average). Later, 5 more
+# unseeded runs ended 95 of 100 (one chat 17 of 20); 9 seeded runs (seeds 1 to 9), 180 of 180.
 SMOLLM2_END_OF_TURN_BIAS = "2+2"
 
 
 def start_llama_server(
-    port: int, *, ctx_size: int = 8192, threads: int | None = None, log: int | None = None
+    port: int,
+    *,
+    ctx_size: int = 8192,
+    threads: int | None = None,
+    seed: int | None = None,
+    log: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start llama-server with SmolLM2 on 127.0.0.1:`port`; return once /v1/models answers.
 
     Requests that send no logit_bias get SMOLLM2_END_OF_TURN_BIAS (the service sends none).
+    `seed` fixes the sampler's seed for requests that send none, so one sequence of requests
+    gets the same replies on every run (tests); unset, every request draws a random one.
     """
     binary = llama_server_binary()
     env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
@@ -193,6 +201,8 @@ def start_llama_server(
         "--threads", str(threads or llama_threads()),
         "--logit-bias", SMOLLM2_END_OF_TURN_BIAS,
     ]  # fmt: skip
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
     proc = start_server(cmd, env=env, log=log)
     base_url = f"http://127.0.0.1:{port}/v1"
     return _running_once(proc, lambda: llm_answers(base_url, timeout=0.5), 120, "llama-server")
