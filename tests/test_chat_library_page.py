@@ -554,6 +554,30 @@ def test_conversations_are_grouped_by_recency_and_renamed_searched_and_deleted(s
     assert not Conversation.objects.filter(pk=today.pk).exists()
 
 
+def test_deleting_the_last_conversation_while_it_is_open_leaves_no_dead_thread(session):
+    character: Any = CharacterFactory(name="Captain Lonely", greeting="Only me here.")
+    conversation = conversation_create(owner=session.user, character=character)
+    page = session.open(f"#conversation-{conversation.pk}")
+    page.wait_for_selector('[data-testid="connection-status"][data-state="open"]')
+    page.locator("#messages", has_text="Only me here.").wait_for()
+    item = page.locator(f'{ITEM}[data-id="{conversation.pk}"]')
+    item.hover()
+    item.locator('[data-testid="conversation-delete"]').click()
+    page.click('[data-testid="conversation-delete-confirm"]')
+    item.wait_for(state="detached")
+    # The page is as a new user first sees it: no thread, nothing to send to, no stale hash.
+    page.locator('[data-testid="chat-title"]', has_text="No conversation open").wait_for()
+    page.locator("#empty-state", has_text="Pick a conversation or start a new chat.").wait_for()
+    assert "Only me here." not in page.locator("#message-items").inner_text()
+    assert page.evaluate("window.location.hash") == ""
+    assert page.locator("#composer").is_disabled()
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    # The server's conversation.deleted frame, if it comes after, brings back no banner.
+    page.wait_for_timeout(300)
+    assert page.locator('[data-testid="banner"]').is_hidden()
+    assert page.locator('[data-testid="connection-status"]').get_attribute("data-state") == "idle"
+
+
 def test_a_title_made_by_the_server_appears_in_the_list_live(session):
     character: Any = CharacterFactory(name="Captain Live")
     conversation = conversation_create(owner=session.user, character=character)

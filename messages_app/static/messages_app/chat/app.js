@@ -484,6 +484,24 @@ async function openConversation(conv) {
   }
 }
 
+// No conversation open: the page as a new user first sees it (after the last one is deleted).
+function closeConversation() {
+  socket.close();
+  state.stopping = false;
+  state.openToken += 1;
+  store.reset(null);
+  thread.clear();
+  renderedVersion = -1;
+  hideBanner();
+  state.current = null;
+  state.olderUrl = null;
+  el.loadOlder.hidden = true;
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+  conversations.setActive(null);
+  drawTitle();
+  setStatus("idle", "Not connected");
+}
+
 async function openById(id) {
   let conv = { id, title: "", character_id: null };
   const token = state.openToken;
@@ -555,6 +573,15 @@ const conversations = mountConversationList(el.nav, {
   },
   getActiveId: () => (state.current ? state.current.id : null),
   onChanged: updateConversation,
+  onDeleted(id, { wasActive, neighbour }) {
+    if (!wasActive) return;
+    // The open conversation is gone: open the next one, or none, rather than leave a dead thread.
+    if (neighbour == null) closeConversation();
+    else {
+      conversations.setActive(neighbour);
+      openById(neighbour);
+    }
+  },
 });
 
 function closeGallery() {

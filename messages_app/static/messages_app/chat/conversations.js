@@ -48,8 +48,10 @@ function shortTime(time, group) {
 
 /**
  * Mount the list into `navEl`.
- * options: { api, onOpen(conversationId), getActiveId(), onDeleted?(conversationId, {wasActive}),
- *            onChanged?(conversation) (after a rename) }
+ * options: { api, onOpen(conversationId), getActiveId(),
+ *            onDeleted?(conversationId, {wasActive, neighbour}) (neighbour: the id of the item
+ *            next to it, or null when none is left), onChanged?(conversation) (after a rename) }
+ * Without onDeleted, deleting the open conversation opens its neighbour.
  * returns { refresh(), setActive(id), upsert(conversation), remove(id) }
  * A deleted conversation is also announced as a `conversation-deleted` event on `navEl`
  * (detail: {id, wasActive}).
@@ -137,7 +139,7 @@ export function mountConversationList(navEl, options) {
     const wasActive = removeItem(id);
     say("Conversation deleted.");
     navEl.dispatchEvent(new CustomEvent("conversation-deleted", { detail: { id, wasActive } }));
-    if (onDeleted) onDeleted(id, { wasActive });
+    if (onDeleted) onDeleted(id, { wasActive, neighbour });
     else if (wasActive && neighbour != null) {
       // The open conversation is gone: open the next one rather than leave a dead thread.
       setActive(neighbour);
