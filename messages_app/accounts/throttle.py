@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -128,7 +129,9 @@ def client_address(request: Any) -> str | None:
 
 
 def _retry_after(request: Any, credentials: dict[str, Any] | None) -> int:
-    """Seconds until every counter over the limit has expired (at least 1)."""
+    """Seconds until every counter over the limit has expired, rounded up (at least 1): a
+    client that waits that long is not refused again. Redis's TTL rounds to the nearest
+    second, which would tell a client to come back up to half a second early."""
     store = get_cache()
     limit = get_failure_limit(request, credentials)
     waits = []
@@ -136,12 +139,12 @@ def _retry_after(request: Any, credentials: dict[str, Any] | None) -> int:
         for key in get_client_cache_keys(request, credentials):
             if (store.get(key) or 0) >= limit:
                 client = store._cache.get_client(write=False)
-                waits.append(client.ttl(store.make_and_validate_key(key)))
+                waits.append(client.pttl(store.make_and_validate_key(key)))
     except Exception:  # a cache without TTLs: the whole cool-off is the honest upper bound
         logger.exception("could not read the login lockout's time to live")
         return int(settings.LOGIN_COOLOFF_SECONDS)
     positive = [w for w in waits if isinstance(w, int) and w > 0]
-    return max(positive) if positive else int(settings.LOGIN_COOLOFF_SECONDS)
+    return math.ceil(max(positive) / 1000) if positive else int(settings.LOGIN_COOLOFF_SECONDS)
 
 
 @receiver(user_locked_out, dispatch_uid="messages_app.accounts.throttle.locked_out")
