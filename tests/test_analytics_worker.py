@@ -209,9 +209,11 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(tmp_pa
     try:
         assert locked.wait(10)
         first.signal(signal.SIGCONT)
+        # A whole batch: the event a pending BLMOVE took while frozen is not enough.
         until(
-            lambda: any(sync_redis().llen(k) for k in sync_redis().scan_iter(match=processing)),
-            what="the worker to take a batch",
+            lambda: sum(sync_redis().llen(k) for k in sync_redis().scan_iter(match=processing))
+            == 5,
+            what="the worker to take a batch of 5",
         )
         time.sleep(0.3)  # now waiting for the lock, inside its batch
         first.kill()

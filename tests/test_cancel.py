@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def test_cancel_over_the_websocket_stops_the_stream_and_keeps_the_text(
     conversation, alice_headers, fake_llm
 ):
-    fake_llm.push(Script.numbered(200, token_interval=0.05))
+    fake_llm.push(Script.numbered(200, token_interval=0.25))
     comm, generation_id, worker = await start_streaming(conversation, alice_headers)
     await receive_deltas(comm, 3)
     await comm.send_json_to({"type": "generation.cancel", "generation_id": generation_id})
@@ -38,7 +38,7 @@ async def test_cancel_over_the_websocket_stops_the_stream_and_keeps_the_text(
     saved = await Message.objects.aget(generation__pk=generation_id)
     assert saved.status == "cancelled" and saved.content == message["content"]
     assert saved.content.startswith("token1 token2 token3")
-    for _ in range(50):  # the server notices the closed connection at its next write
+    for _ in range(250):  # the server notices the closed connection at its next write
         if fake_llm.active_requests == 0:
             break
         await asyncio.sleep(0.02)

@@ -52,8 +52,12 @@ async def test_deleting_a_conversation_mid_reply_cancels_it_and_closes_its_socke
     assert not await Message.objects.filter(pk=reply_id).aexists()
     failed = await sync_to_async(lambda: django_rq.get_queue("llm").failed_job_registry.count)()
     assert failed == 0, "the job must end without an error"
-    # The provider stream was closed, not left running to its end.
-    await asyncio.sleep(0.3)
+    # The provider stream was closed, not left running to its end (the fake notices at its
+    # next write).
+    for _ in range(250):
+        if fake_llm.active_requests == 0:
+            break
+        await asyncio.sleep(0.02)
     assert fake_llm.active_requests == 0
 
 

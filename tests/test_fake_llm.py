@@ -163,7 +163,7 @@ def test_stall_mid_stream_times_out_while_iterating(
 ) -> None:
     script = Script.numbered(6, fault="stall", stall_after=2)
     server.push(script)
-    client = make_client(timeout=0.5)
+    client = make_client(timeout=2.0)
     stream = client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
     received: list[str] = []
     with pytest.raises((httpx.TimeoutException, openai.APITimeoutError)):

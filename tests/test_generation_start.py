@@ -26,7 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def test_a_reply_cancelled_after_the_llm_was_asked_is_not_started(
     conversation, user, fake_llm
 ):
-    fake_llm.push(Script.numbered(20, first_token_delay=2.0))
+    fake_llm.push(Script.numbered(20, first_token_delay=4.0))
     # The fake LLM serves the whole test session; earlier tests may leave requests open.
     open_before = fake_llm.active_requests
     result = await sync_to_async(message_send)(conversation=conversation, author=user, content="q")
@@ -49,8 +49,8 @@ async def test_a_reply_cancelled_after_the_llm_was_asked_is_not_started(
     began = time.monotonic()
     try:
         await run_generation(result.generation_id, reply.stream_key.hex, on_asked=asked)
-        # It stopped asking as soon as the start failed, not at the first token (2 s).
-        assert time.monotonic() - began < 1.5
+        # It stopped asking as soon as the start failed, not at the first token (4 s).
+        assert time.monotonic() - began < 3
     finally:
         await close_providers()
         await sync_to_async(connections.close_all)()
@@ -60,7 +60,7 @@ async def test_a_reply_cancelled_after_the_llm_was_asked_is_not_started(
     assert (saved.status, saved.content, saved.stream_seq) == ("cancelled", "", 0)
     assert (saved.generation.attempt, saved.generation.started_at) == (0, None)
     assert await sync_to_async(log_length)(reply.stream_key) == 0  # nothing streamed
-    for _ in range(100):  # and the LLM's stream was closed
+    for _ in range(300):  # and the LLM's stream was closed (the fake notices after its delay)
         if fake_llm.active_requests <= open_before:
             break
         await asyncio.sleep(0.02)

@@ -31,7 +31,7 @@ def test_with_no_worker_running_a_check_fails_at_once():
     started = time.monotonic()
     with pytest.raises(SafetyUnavailable, match="no safety worker is running"):
         submit(INSULT)
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 1  # not the 2 s default timeout, nor the 5 s asked
 
 
 async def test_with_no_worker_running_an_async_check_fails_at_once():
@@ -39,7 +39,7 @@ async def test_with_no_worker_running_an_async_check_fails_at_once():
     started = time.monotonic()
     with pytest.raises(SafetyUnavailable, match="no safety worker is running"):
         await acheck(INSULT, timeout=5)
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 1  # not the 2 s default timeout, nor the 5 s asked
 
 
 def test_with_no_answer_a_check_fails_within_its_timeout():

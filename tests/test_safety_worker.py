@@ -110,7 +110,7 @@ async def test_many_concurrent_async_checks_each_get_their_own_verdict(local_wor
     verdicts = await asyncio.gather(*(acheck(text, timeout=10) for text in texts))
     elapsed = time.monotonic() - started
     assert [v.flagged for v in verdicts] == [text == INSULT for text in texts]
-    assert elapsed < 5, elapsed
+    assert elapsed < 9, elapsed  # neither one at a time nor waiting out a 10 s timeout
 
 
 def test_many_sync_checks_submitted_together_are_all_answered(local_worker):

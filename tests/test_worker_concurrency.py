@@ -64,7 +64,8 @@ def test_one_worker_process_runs_max_concurrent_requests_generations_at_once(
 ):
     settings.MAX_CONCURRENT_REQUESTS = 4
     settings.MAX_CONCURRENT_LLM_REQUESTS = 100
-    fake_llm.push(Script.numbered(5, first_token_delay=0.4, times=8))
+    # Long enough that every slot's request is open at once even when starting a job is slow.
+    fake_llm.push(Script.numbered(5, first_token_delay=1.5, times=8))
     replies = _queue_replies(user, character, 8)
     peak = _run_workers(1, fake_llm)
     assert peak == 4
@@ -77,7 +78,7 @@ def test_the_global_cap_holds_across_workers_and_the_rest_waits_in_the_queue(
 ):
     settings.MAX_CONCURRENT_REQUESTS = 4
     settings.MAX_CONCURRENT_LLM_REQUESTS = 3
-    fake_llm.push(Script.numbered(5, first_token_delay=0.4, times=9))
+    fake_llm.push(Script.numbered(5, first_token_delay=1.5, times=9))
     replies = _queue_replies(user, character, 9)
     peak = _run_workers(2, fake_llm)
     assert peak == 3
