@@ -211,8 +211,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(tmp_pa
         first.signal(signal.SIGCONT)
         # A whole batch: the event a pending BLMOVE took while frozen is not enough.
         until(
-            lambda: sum(sync_redis().llen(k) for k in sync_redis().scan_iter(match=processing))
-            == 5,
+            lambda: sum(client.llen(k) for k in client.scan_iter(match=processing)) == 5,
             what="the worker to take a batch of 5",
         )
         time.sleep(0.3)  # now waiting for the lock, inside its batch
